@@ -1,0 +1,119 @@
+"""The core's own plugin: generic model families (timm/..., unet/... and other smp architectures) and common losses.
+
+Factories import torch, timm and segmentation-models-pytorch only when called.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from compkit.errors import CompkitError
+from compkit.hookspecs import hookimpl
+
+# family name -> segmentation_models_pytorch architecture
+SMP_ARCHITECTURES = {
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "fpn": "FPN",
+    "linknet": "Linknet",
+    "pspnet": "PSPNet",
+    "deeplabv3": "DeepLabV3",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "manet": "MAnet",
+    "pan": "PAN",
+}
+WEIGHTS_HELP = (
+    "no internet here? Set COMPKIT_WEIGHTS_DIR to a folder holding {name}.safetensors (or .pth), "
+    "e.g. a Kaggle dataset of weights, or fetch them once where there is internet "
+    "(they are cached under ~/.cache/huggingface), or train from scratch with --set pretrained=false"
+)
+
+
+def _local_weights(name: str) -> Path | None:
+    """A weights file for ``name`` in COMPKIT_WEIGHTS_DIR, for offline machines (Kaggle kernels)."""
+    folder = os.environ.get("COMPKIT_WEIGHTS_DIR")
+    for suffix in (".safetensors", ".pth", ".bin"):
+        if folder and (Path(folder) / f"{name}{suffix}").is_file():
+            return Path(folder) / f"{name}{suffix}"
+    return None
+
+
+def timm_model(variant: str | None, num_classes: int, in_channels: int = 3, pretrained: bool = False) -> Any:
+    """Any timm model by name: ``timm/resnet18``, ``timm/efficientnet_b0`` ..."""
+    import timm
+
+    if not variant or not timm.is_model(variant):
+        close = difflib.get_close_matches(variant or "", timm.list_models(), n=5)
+        raise CompkitError(f"unknown timm model {variant!r}; close matches: {', '.join(close) or 'none'} "
+                           "(list them with: python -c \"import timm; print(timm.list_models('*resnet*'))\")")
+    options: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_channels, "pretrained": pretrained}
+    local = _local_weights(variant) if pretrained else None
+    if local is not None:
+        options["pretrained_cfg_overlay"] = {"file": str(local)}
+    try:
+        return timm.create_model(variant, **options)
+    except Exception as error:
+        if not pretrained:
+            raise
+        raise CompkitError(f"could not load pretrained weights for timm/{variant}: {error}; "
+                           + WEIGHTS_HELP.format(name=variant)) from None
+
+
+def smp_family(architecture: str) -> Callable[..., Any]:
+    """A factory for one segmentation-models-pytorch architecture; the variant is the encoder."""
+
+    def factory(variant: str | None, num_classes: int, in_channels: int = 3, pretrained: bool = False) -> Any:
+        import segmentation_models_pytorch as smp
+
+        encoder = variant or "resnet34"
+        if encoder not in smp.encoders.get_encoder_names():
+            close = difflib.get_close_matches(encoder, smp.encoders.get_encoder_names(), n=5)
+            raise CompkitError(f"unknown encoder {encoder!r} for {architecture}; close matches: {', '.join(close)}")
+        try:
+            return smp.create_model(architecture, encoder_name=encoder, in_channels=in_channels,
+                                    classes=num_classes, encoder_weights="imagenet" if pretrained else None)
+        except Exception as error:
+            if not pretrained:
+                raise
+            raise CompkitError(f"could not load ImageNet weights for encoder {encoder}: {error}; "
+                               "offline: put them in the torch hub cache (TORCH_HOME) or use "
+                               "--set pretrained=false") from None
+
+    factory.__doc__ = f"segmentation_models_pytorch {architecture} with any smp encoder."
+    return factory
+
+
+def _loss(name: str) -> Callable[[], Any]:
+    def factory() -> Any:
+        from compkit import losses
+
+        return getattr(losses, name)()
+
+    return factory
+
+
+LOSSES = {
+    "ce": "CrossEntropy",
+    "ce-smooth": "SmoothCrossEntropy",
+    "bce": "BinaryCrossEntropy",
+    "dice": "DiceLoss",
+    "bce-dice": "BCEDiceLoss",
+    "focal": "FocalLoss",
+}
+
+
+@hookimpl
+def register_models(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    register("timm", timm_model)
+    for family, architecture in SMP_ARCHITECTURES.items():
+        register(family, smp_family(architecture))
+
+
+@hookimpl
+def register_losses(register: Callable[[str, Callable[[], Any]], None]) -> None:
+    for name, class_name in LOSSES.items():
+        register(name, _loss(class_name))

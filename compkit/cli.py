@@ -1,0 +1,194 @@
+"""The ``compkit`` command: parses arguments and calls ``compkit.pipeline``; nothing else.
+
+Importing this loads no torch, so ``compkit --help`` stays fast with any number of plugins.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from compkit import __version__
+from compkit.errors import CompkitError
+
+
+class Group(click.Group):
+    """Turns CompkitError into a one-line error and exit code 1, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CompkitError as error:
+            raise click.ClickException(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def data_option(function):
+    return click.option("--data-dir", envvar="COMPKIT_DATA_DIR", type=click.Path(file_okay=False),
+                        help="Parent of data/NAME (default ./data; env COMPKIT_DATA_DIR).")(function)
+
+
+def runs_option(function):
+    return click.option("--runs-dir", envvar="COMPKIT_RUNS_DIR", type=click.Path(file_okay=False),
+                        help="Parent of runs/NAME (default ./runs; env COMPKIT_RUNS_DIR).")(function)
+
+
+def submissions_option(function):
+    return click.option("--submissions-dir", envvar="COMPKIT_SUBMISSIONS_DIR", type=click.Path(file_okay=False),
+                        help="Parent of submissions/NAME (default ./submissions; env COMPKIT_SUBMISSIONS_DIR).")(function)
+
+
+def places(data_dir: str | None = None, runs_dir: str | None = None, submissions_dir: str | None = None):
+    from compkit.places import Places
+
+    return Places.from_env(data_dir, runs_dir, submissions_dir)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="compkit")
+def cli() -> None:
+    """compkit: a Kaggle competition kit for image problems.
+
+    \b
+    compkit download siim --demo && compkit train siim --fold 0 && compkit submit siim
+    """
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--demo", is_flag=True, help="Write a small synthetic dataset in the real raw layout (offline).")
+@click.option("--force", is_flag=True, help="Fetch again / replace what is there.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the demo data.")
+@data_option
+def download(name: str, demo: bool, force: bool, seed: int, data_dir: str | None) -> None:
+    """Fetch a competition's data into data/NAME.
+
+    \b
+    Example:
+      compkit download plant-pathology        # the real data through the Kaggle API
+      compkit download siim --demo            # a synthetic twin, offline
+    """
+    from compkit import pipeline
+
+    root = pipeline.download(name, places(data_dir), demo=demo, force=force, seed=seed)
+    click.echo(f"data ready in {root}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--n-folds", default=5, show_default=True, help="Number of folds.")
+@click.option("--seed", default=42, show_default=True, help="Seed of the split.")
+@click.option("--force", is_flag=True, help="Replace an existing, different folds.csv.")
+@data_option
+def folds(name: str, n_folds: int, seed: int, force: bool, data_dir: str | None) -> None:
+    """Split the training data into folds: data/NAME/folds.csv.
+
+    \b
+    Example:
+      compkit folds siim --n-folds 5 --seed 42
+    """
+    from compkit import pipeline
+
+    pipeline.make_folds(name, places(data_dir), n_folds=n_folds, seed=seed, force=force)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--fold", type=int, default=0, show_default=True, help="The fold to validate on.")
+@click.option("--run", help="Run id (default: a new timestamp; with --resume: latest).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from fold<K>/last.pt.")
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
+              help="Recipe TOML (default competitions/NAME.toml if present).")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--model", help="Registered model, e.g. timm/resnet18 or unet/resnet34.")
+@click.option("--image-size", type=int)
+@click.option("--device", help="auto, cpu, cuda or cuda:N.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key; repeatable.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@data_option
+@runs_option
+def train(name: str, fold: int, run: str | None, resume: bool, recipe: Path | None, sets: tuple[str, ...],
+          quiet: bool, data_dir: str | None, runs_dir: str | None, **flags: Any) -> None:
+    """Train one fold; writes runs/NAME/<run>/fold<K>/.
+
+    \b
+    Example:
+      compkit train siim --fold 0 --epochs 20 --set amp=fp16
+      compkit train siim --fold 0 --resume
+      torchrun --nproc_per_node 2 -m compkit train siim --fold 0   # several GPUs
+    """
+    from compkit import pipeline
+    from compkit.config import parse_sets
+
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    overrides.update(parse_sets(sets))
+    out = pipeline.train(name, fold, places(data_dir, runs_dir), overrides=overrides, recipe_path=recipe,
+                         run=run, resume=resume, quiet=quiet)
+    pipeline.echo(f"fold {fold} done: {out}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--run", help="Run id (default: latest).")
+@click.option("--folds", "fold_spec", default="all", show_default=True, help="Comma-separated folds or 'all'.")
+@click.option("--tta", type=click.Choice(["none", "hflip", "vflip", "flips", "d4"]),
+              help="Test-time augmentation (default: the run's config).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, help="Prediction batch size (default: the run's).")
+@click.option("--upload", is_flag=True, help="Submit to Kaggle after writing the file.")
+@click.option("--message", help="Submission description for --upload.")
+@data_option
+@runs_option
+@submissions_option
+def submit(name: str, run: str | None, fold_spec: str, tta: str | None, device: str | None,
+           batch_size: int | None, upload: bool, message: str | None, data_dir: str | None,
+           runs_dir: str | None, submissions_dir: str | None) -> None:
+    """Predict the test set and write submissions/NAME/<stamp>.csv.
+
+    \b
+    Example:
+      compkit submit siim --folds 0,1,2 --tta hflip
+      compkit submit plant-pathology --upload --message "effnet b3, 5 folds"
+    """
+    from compkit import pipeline
+
+    path = pipeline.submit(name, places(data_dir, runs_dir, submissions_dir), run=run, fold_spec=fold_spec,
+                           tta=tta, upload=upload, message=message, device=device, batch_size=batch_size)
+    click.echo(f"wrote {path}")
+
+
+@cli.command(name="plugins")
+def plugins_command() -> None:
+    """List plugins, versions and what they register (or why they failed).
+
+    \b
+    Example:
+      compkit plugins
+    """
+    from compkit import pipeline
+
+    for line in pipeline.plugin_report():
+        click.echo(line)
+
+
+def add_plugin_commands(group: click.Group) -> None:
+    """Let each plugin add commands; a failing plugin is recorded, the CLI still works."""
+    from compkit import plugins
+
+    manager = plugins.manager()
+    for impl in manager.implementations("register_commands"):
+        before = set(group.commands)
+        if manager.run(impl, cli=group):
+            manager.plugins[impl.plugin_name].commands.extend(sorted(set(group.commands) - before))
+
+
+def main() -> None:
+    add_plugin_commands(cli)
+    cli(prog_name="compkit")

@@ -1,0 +1,133 @@
+"""The Competition base class: one plain class per competition, settings as class attributes.
+
+A plugin subclasses it, fills in the data methods and registers an instance. Everything else has
+a default that fits a plain image-classification competition. Importing this loads no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from compkit.config import Config
+from compkit.errors import CompkitError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import torch.utils.data
+
+TASKS = ("classification", "multilabel", "segmentation")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Competition:
+    """A Kaggle-style competition: where its data comes from, how to read it, score it and submit.
+
+    Tables (``train_table``/``test_table``) have one row per sample with the ``id_column``;
+    by default a ``path`` column (relative to the data root) names the image file and, for
+    training, a ``target`` column holds the class index.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    kaggle: ClassVar[str | None] = None  # competition slug for download/upload, None if not on Kaggle
+    task: ClassVar[str] = "classification"  # classification | multilabel | segmentation
+    classes: ClassVar[tuple[str, ...]] = ()
+    metric: ClassVar[str] = "accuracy"
+    higher_is_better: ClassVar[bool] = True
+    id_column: ClassVar[str] = "id"
+    stratify: ClassVar[str | tuple[str, ...] | None] = "target"  # a tuple means multi-label columns
+    group: ClassVar[str | None] = None  # samples sharing this column's value stay in one fold
+    label_column: ClassVar[str] = "label"  # the submission's column for a predicted class name
+    sample_submission: ClassVar[str | None] = "sample_submission.csv"  # relative to the data root
+    in_channels: ClassVar[int] = 3
+    mean: ClassVar[tuple[float, ...]] = IMAGENET_MEAN
+    std: ClassVar[tuple[float, ...]] = IMAGENET_STD
+    defaults: ClassVar[Config] = Config()
+
+    # -- data: a plugin implements these ------------------------------------------------------
+
+    def download(self, root: Path) -> None:
+        """Fetch the real data into ``root`` in the competition's raw layout."""
+        raise CompkitError(f"{self.name}: no download defined; put the data in {root} by hand")
+
+    def make_demo(self, root: Path, seed: int = 0) -> None:
+        """Write a small synthetic dataset with a learnable signal in the raw layout."""
+        raise CompkitError(f"{self.name}: this competition has no demo data")
+
+    def train_table(self, root: Path) -> pd.DataFrame:
+        """One row per training sample."""
+        raise NotImplementedError(f"{type(self).__name__}.train_table")
+
+    def test_table(self, root: Path) -> pd.DataFrame:
+        """One row per test sample, in the sample submission's order."""
+        raise NotImplementedError(f"{type(self).__name__}.test_table")
+
+    # -- defaults a plugin may override -------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels of the model: one per class, one for binary segmentation."""
+        return 1 if self.task == "segmentation" else len(self.classes)
+
+    @property
+    def activation(self) -> str:
+        """How logits become probabilities."""
+        return "softmax" if self.task == "classification" else "sigmoid"
+
+    def transforms(self, stage: str, config: Config) -> Any:
+        """An albumentations pipeline for ``stage`` (train|valid|test): resize, flip, normalise."""
+        import albumentations as A
+
+        steps = [A.Resize(config.image_size, config.image_size)]
+        if stage == "train":
+            steps.append(A.HorizontalFlip(p=0.5))
+        steps.append(A.Normalize(mean=self.mean, std=self.std))
+        return A.Compose(steps)
+
+    def dataset(self, table: pd.DataFrame, root: Path, stage: str, config: Config) -> torch.utils.data.Dataset:
+        """Images from ``table["path"]`` (under ``root``) with ``table["target"]`` class indices."""
+        from compkit.datasets import ImageDataset
+
+        targets = None if stage == "test" else table["target"].to_numpy()
+        paths = [Path(root) / path for path in table["path"]]
+        return ImageDataset(paths, targets, self.transforms(stage, config), task=self.task)
+
+    def score(self, targets: np.ndarray, predictions: np.ndarray) -> float:
+        """The competition's metric from targets and probabilities (see ``compkit.metrics``)."""
+        from compkit import metrics
+
+        function = getattr(metrics, self.metric.replace("-", "_"), None)
+        if function is None:
+            raise CompkitError(f"{self.name}: no metric {self.metric!r} in compkit.metrics; override score()")
+        return float(function(targets, predictions))
+
+    def submission(self, test_table: pd.DataFrame, predictions: np.ndarray) -> pd.DataFrame:
+        """Submission rows: the id and the predicted class name."""
+        from compkit import submission
+
+        columns = (self.id_column, self.label_column)
+        return submission.labels_frame(test_table[self.id_column], predictions, self.classes, columns)
+
+    def labels(self) -> list[str] | None:
+        """The values allowed in a label submission's label column (None: not a label submission)."""
+        return list(self.classes) if self.task == "classification" else None
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def read_sample(self, root: Path) -> pd.DataFrame | None:
+        """The sample submission, or None when the competition has none."""
+        import pandas as pd
+
+        if self.sample_submission is None:
+            return None
+        path = Path(root) / self.sample_submission
+        if not path.is_file():
+            raise CompkitError(f"{self.name}: sample submission {path} is missing; run compkit download {self.name}")
+        return pd.read_csv(path, dtype={self.id_column: str}, keep_default_na=False)
+
+    def describe(self) -> str:
+        """A one-line summary for listings."""
+        return f"{self.name}: {self.title or self.name} ({self.task}, {self.metric})"

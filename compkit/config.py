@@ -1,0 +1,164 @@
+"""The training recipe: defaults <- competitions/<name>.toml <- CLI flags; saved with every run.
+
+``Config`` is a frozen dataclass, so a competition's ``defaults`` is an immutable class
+attribute and every value is type-checked when it is set, wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+from compkit.errors import CompkitError
+
+AMP_MODES = ("bf16", "fp16", "off")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "none")
+TTA_MODES = ("none", "hflip", "vflip", "flips", "d4")
+CHOICES = {"amp": AMP_MODES, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "tta": TTA_MODES}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run needs to be repeated. Field docs are shown by ``compkit train --help``."""
+
+    model: str = "timm/resnet18"  # registered model name, family/variant
+    pretrained: bool = False  # ImageNet weights for the model (needs them downloaded once)
+    loss: str = "ce"  # registered loss name
+    image_size: int = 224  # square side in pixels the images are resized to
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3  # the body's learning rate
+    head_lr_multiplier: float = 1.0  # the classifier head trains at lr * this (10 for fine-tunes)
+    optimizer: str = "adamw"  # adam | adamw | sgd
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    scheduler: str = "cosine"  # cosine | onecycle | step | plateau | none
+    warmup_epochs: float = 0.0  # linear warmup before cosine
+    step_size: int = 10  # step scheduler: epochs between decays
+    gamma: float = 0.1  # step / plateau decay factor
+    amp: str = "bf16"  # bf16 | fp16 | off; CUDA only, CPU runs float32
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the model
+    accumulate: int = 1  # gradient accumulation steps
+    clip_grad: float = 0.0  # max gradient norm, 0 is off
+    ema: float = 0.0  # EMA decay of the weights (e.g. 0.999), 0 is off
+    patience: int = 0  # early stopping after this many epochs without improvement, 0 is off
+    tta: str = "hflip"  # none | hflip | vflip | flips | d4
+    n_folds: int = 5
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = -1  # DataLoader workers, -1 picks from the available cores
+    gpu_data: bool = False  # small images only: hold the training set on the GPU as uint8
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            object.__setattr__(self, field.name, _coerce(field.name, value))
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied; unknown keys and bad values raise CompkitError."""
+        unknown = sorted(set(changes) - set(keys()))
+        if unknown:
+            raise CompkitError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(keys())}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        return cls().replace(**values)
+
+
+def keys() -> list[str]:
+    """The valid config keys, in declaration order."""
+    return [field.name for field in dataclasses.fields(Config)]
+
+
+def _field_type(name: str) -> type:
+    hints = typing.get_type_hints(Config)
+    return hints[name]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check ``value`` against the field's type; ints are accepted where floats are expected."""
+    kind = _field_type(name)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CompkitError(
+            f"config key {name!r} must be {kind.__name__}, got {value!r} ({type(value).__name__})"
+        )
+    choices = CHOICES.get(name)
+    if choices and value not in choices:
+        raise CompkitError(f"config key {name!r} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Parse a ``--set key=value`` string into the field's type."""
+    if name not in keys():
+        raise CompkitError(f"unknown config key {name!r}; valid keys: {', '.join(keys())}")
+    kind = _field_type(name)
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes", "on")
+        return kind(text)
+    except ValueError:
+        raise CompkitError(f"config key {name!r} must be {kind.__name__}, got {text!r}") from None
+
+
+def parse_sets(items: typing.Iterable[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings (from ``--set``) into typed values."""
+    changes = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise CompkitError(f"--set expects key=value, got {item!r}")
+        changes[name.strip()] = parse_value(name.strip(), text)
+    return changes
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a recipe TOML; its keys are config keys (a ``[config]`` table is also accepted)."""
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise CompkitError(f"{path}: not valid TOML: {error}") from None
+    values = values.get("config", values)
+    unknown = sorted(set(values) - set(keys()))
+    if unknown:
+        raise CompkitError(f"{path}: unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(keys())}")
+    return values
+
+
+def resolve(defaults: Config, toml_path: Path | None, overrides: dict[str, Any]) -> Config:
+    """The competition's defaults, then the TOML file if it exists, then CLI overrides."""
+    config = defaults
+    if toml_path is not None and toml_path.is_file():
+        try:
+            config = config.replace(**read_toml(toml_path))
+        except CompkitError as error:
+            raise CompkitError(f"{toml_path}: {error}") from None
+    return config.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def describe() -> str:
+    """One line per key with its default, for help texts."""
+    return "\n".join(f"{name} = {getattr(Config(), name)!r}" for name in keys())
+
+
+# Keep the module importable without torch: nothing above imports it.
+__all__ = ["Config", "keys", "parse_sets", "parse_value", "read_toml", "resolve"]

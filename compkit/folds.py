@@ -1,0 +1,116 @@
+"""Fold splitting: stratified, multi-label stratified or grouped k-fold, written once per data dir.
+
+``folds.csv`` has one row per training sample: the sample id and its ``fold``. It is never
+silently replaced: a request that would give a different split needs ``force``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from compkit import _io
+from compkit.errors import CompkitError
+
+FILE_NAME = "folds.csv"
+
+
+def split(table: pd.DataFrame, *, id_column: str, n_folds: int, seed: int,
+          stratify: str | tuple[str, ...] | None = None, group: str | None = None) -> pd.DataFrame:
+    """Assign each row of ``table`` a fold in ``[0, n_folds)``; returns ``[id_column, "fold"]``.
+
+    ``stratify`` names the label column (a tuple names multi-label indicator columns);
+    ``group`` keeps rows sharing a value in one fold.
+    """
+    _check(table, id_column, n_folds, stratify, group)
+    labels = _labels(table, stratify)
+    splitter = _splitter(n_folds, seed, labels, group)
+    folds = np.full(len(table), -1, dtype=np.int64)
+    dummy = np.zeros((len(table), 1))
+    groups = table[group].to_numpy() if group else None
+    y = labels if labels is not None else np.zeros(len(table), dtype=np.int64)
+    for fold, (_, valid) in enumerate(splitter.split(dummy, y, groups)):
+        folds[valid] = fold
+    return pd.DataFrame({id_column: table[id_column].astype(str).to_numpy(), "fold": folds})
+
+
+def _check(table: pd.DataFrame, id_column: str, n_folds: int, stratify, group) -> None:
+    if n_folds < 2:
+        raise CompkitError(f"n_folds must be at least 2, got {n_folds}")
+    if len(table) < n_folds:
+        raise CompkitError(f"{len(table)} training samples cannot make {n_folds} folds")
+    wanted = [id_column, *([stratify] if isinstance(stratify, str) else stratify or ()), *([group] if group else [])]
+    missing = [column for column in wanted if column not in table.columns]
+    if missing:
+        raise CompkitError(f"train table has no column(s) {', '.join(missing)}; columns: {', '.join(table.columns)}")
+    duplicated = table[id_column][table[id_column].duplicated()]
+    if len(duplicated):
+        raise CompkitError(f"duplicate ids in the train table, e.g. {', '.join(map(str, duplicated[:5]))}")
+
+
+def _labels(table: pd.DataFrame, stratify: str | tuple[str, ...] | None) -> np.ndarray | None:
+    if stratify is None:
+        return None
+    if isinstance(stratify, str):
+        return pd.factorize(table[stratify])[0]
+    return table[list(stratify)].to_numpy().astype(np.int64)
+
+
+def _splitter(n_folds: int, seed: int, labels: np.ndarray | None, group: str | None):
+    from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+
+    if group:
+        if labels is not None and labels.ndim > 1:
+            raise CompkitError("grouped folds with multi-label stratification are not supported; "
+                               "stratify on one column instead")
+        # with no labels, constant labels make StratifiedGroupKFold a shuffled GroupKFold
+        return StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    if labels is None:
+        return KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    if labels.ndim > 1:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        return MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+
+
+def read(root: Path) -> pd.DataFrame:
+    """``folds.csv`` from the data root (ids as strings)."""
+    path = Path(root) / FILE_NAME
+    if not path.is_file():
+        raise CompkitError(f"{path} is missing; make it with: compkit folds NAME")
+    folds = pd.read_csv(path, dtype=str)
+    folds["fold"] = folds["fold"].astype(np.int64)
+    return folds
+
+
+def write(root: Path, folds: pd.DataFrame, *, force: bool = False) -> bool:
+    """Write ``folds.csv``; True if written, False if an identical split is already there.
+
+    A different existing split raises unless ``force``: out-of-fold scores of runs made on
+    the old split would silently stop being comparable.
+    """
+    path = Path(root) / FILE_NAME
+    if path.is_file() and not force:
+        existing = read(root)
+        if existing.equals(folds.astype({"fold": np.int64}).reset_index(drop=True)):
+            return False
+        raise CompkitError(
+            f"{path} already holds a different split ({existing['fold'].nunique()} folds, "
+            f"{len(existing)} rows); pass --force to replace it (runs made on it will no longer match)"
+        )
+    _io.write_csv(path, folds)
+    return True
+
+
+def assignments(table: pd.DataFrame, folds: pd.DataFrame, id_column: str) -> np.ndarray:
+    """The fold of each row of ``table`` (int64, shape (N,)); every id must be in ``folds``."""
+    mapping = dict(zip(folds[folds.columns[0]], folds["fold"]))
+    ids = table[id_column].astype(str)
+    missing = ids[~ids.isin(mapping.keys())]
+    if len(missing):
+        raise CompkitError(f"{len(missing)} training ids are not in folds.csv (e.g. {', '.join(missing[:3])}); "
+                           "the data changed: remake the folds with compkit folds NAME --force")
+    return ids.map(mapping).to_numpy(dtype=np.int64)

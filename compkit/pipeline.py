@@ -1,0 +1,220 @@
+"""One function per CLI verb: download, folds, train, submit, plugins. The CLI only parses arguments.
+
+Each verb reads what the previous one wrote (data/NAME, runs/NAME/<run>, submissions/NAME), so
+any step can be rerun alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from compkit import _io, folds, places, registry
+from compkit.competition import Competition
+from compkit.config import Config, resolve
+from compkit.errors import CompkitError
+from compkit.places import Places
+
+RUNTIME_KEYS = {"device", "num_workers", "epochs", "patience", "tta"}  # may differ between folds of a run
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def echo(message: str) -> None:
+    """Print to the terminal (rank 0 only under torchrun)."""
+    if _rank() == 0:
+        print(message, flush=True)
+
+
+def competition(name: str) -> Competition:
+    """The registered competition, with failed plugins reported as warnings."""
+    reg = registry.get()
+    reg.manager.warn_failed()
+    return reg.competition(name)
+
+
+# -- download ---------------------------------------------------------------------------------
+
+
+def download(name: str, where: Places, *, demo: bool = False, force: bool = False, seed: int = 0) -> Path:
+    """Fetch the real data (or write the demo twin) into data/NAME; returns the folder."""
+    comp = competition(name)
+    root = where.data_root(name)
+    if demo:
+        return _make_demo(comp, root, force=force, seed=seed)
+    if force and (root / ".demo").exists():
+        shutil.rmtree(root)
+    if (root / ".demo").exists():
+        raise CompkitError(f"{root} holds demo data; pass --force to replace it with the real data")
+    root.mkdir(parents=True, exist_ok=True)
+    comp.download(root)
+    return root
+
+
+def _make_demo(comp: Competition, root: Path, *, force: bool, seed: int) -> Path:
+    """Write the demo into a temporary folder, then move it into place: never half a dataset."""
+    if root.exists() and any(root.iterdir()):
+        if (root / ".demo").exists() and not force:
+            echo(f"{root} already holds the demo data; nothing to do (--force remakes it)")
+            return root
+        if not force:
+            raise CompkitError(f"{root} already holds data; pass --force to replace it with demo data")
+    staging = root.with_name(f".{root.name}.demo-tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    comp.make_demo(staging, seed)
+    (staging / ".demo").write_text(f"seed={seed}\n", encoding="utf-8")
+    shutil.rmtree(root, ignore_errors=True)
+    staging.rename(root)
+    echo(f"wrote demo data for {comp.name} to {root}")
+    return root
+
+
+# -- folds ------------------------------------------------------------------------------------
+
+
+def make_folds(name: str, where: Places, *, n_folds: int = 5, seed: int = 42, force: bool = False) -> Path:
+    """Write data/NAME/folds.csv and print the size of each fold."""
+    comp = competition(name)
+    root = _data_root(comp, where)
+    table = comp.train_table(root)
+    split = folds.split(table, id_column=comp.id_column, n_folds=n_folds, seed=seed,
+                        stratify=comp.stratify, group=comp.group)
+    written = folds.write(root, split, force=force)
+    sizes = ", ".join(f"{k}: {n}" for k, n in split["fold"].value_counts().sort_index().items())
+    echo(f"{'wrote' if written else 'unchanged (same split)'} {root / folds.FILE_NAME} ({sizes})")
+    return root / folds.FILE_NAME
+
+
+def _data_root(comp: Competition, where: Places) -> Path:
+    root = where.data_root(comp.name)
+    if not root.is_dir():
+        raise CompkitError(f"no data in {root}; run: compkit download {comp.name} (or --demo for a synthetic twin)")
+    return root
+
+
+def _fold_table(comp: Competition, root: Path, config: Config) -> tuple[Any, Any]:
+    """The train table and each row's fold, making folds.csv first if it is missing."""
+    table = comp.train_table(root)
+    if not (root / folds.FILE_NAME).is_file():
+        split = folds.split(table, id_column=comp.id_column, n_folds=config.n_folds, seed=config.seed,
+                            stratify=comp.stratify, group=comp.group)
+        folds.write(root, split)
+        echo(f"made {root / folds.FILE_NAME} ({config.n_folds} folds, seed {config.seed})")
+    return table, folds.assignments(table, folds.read(root), comp.id_column)
+
+
+# -- train ------------------------------------------------------------------------------------
+
+
+def recipe(comp: Competition, recipe_path: Path | None, overrides: dict[str, Any]) -> Config:
+    """The competition's defaults <- the recipe TOML <- CLI overrides."""
+    if recipe_path is not None and not recipe_path.is_file():
+        raise CompkitError(f"recipe {recipe_path} does not exist")
+    path = recipe_path or Path("competitions") / f"{comp.name}.toml"
+    return resolve(comp.defaults, path, overrides)
+
+
+def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | None = None,
+          recipe_path: Path | None = None, run: str | None = None, resume: bool = False,
+          quiet: bool = False) -> Path:
+    """Train one fold; returns runs/NAME/<run>/fold<K>."""
+    comp = competition(name)
+    root = _data_root(comp, where)
+    runs_root = where.runs / name
+    if resume:
+        run = places.resolve_run(runs_root, run)
+        config = Config.from_dict(json.loads((runs_root / run / "config.json").read_text()))
+        config = config.replace(**(overrides or {}))
+    else:
+        config = recipe(comp, recipe_path, overrides or {})
+        run = run or places.new_run_id()
+    table, assignment = _fold_table(comp, root, config)
+    n_folds = int(assignment.max()) + 1
+    if not 0 <= fold < n_folds:
+        raise CompkitError(f"fold {fold} does not exist; folds.csv has folds 0..{n_folds - 1}")
+    run_dir = _start_run(runs_root, run, config)
+    echo(f"{comp.name} fold {fold} -> {run_dir}\n{_format_config(config)}")
+    out_dir = run_dir / f"fold{fold}"
+    from compkit import _train
+
+    _train.fit_fold(comp, config, table, assignment == fold, root, out_dir, resume=resume, quiet=quiet, fold=fold)
+    return out_dir
+
+
+def _start_run(runs_root: Path, run: str, config: Config) -> Path:
+    """Create (or join) a run: one config for all its folds, saved as config.json."""
+    run_dir = runs_root / run
+    saved = run_dir / "config.json"
+    if saved.is_file():
+        previous = json.loads(saved.read_text())
+        changed = {k for k, v in config.to_dict().items() if previous.get(k) != v} - RUNTIME_KEYS
+        if changed:
+            details = ", ".join(f"{k}: {previous.get(k)!r} -> {getattr(config, k)!r}" for k in sorted(changed))
+            raise CompkitError(f"run {run} was made with a different config ({details}); "
+                               "train with a new --run to compare recipes")
+    if _rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not saved.is_file():
+            _io.write_text(saved, config.to_json())
+        places.point_latest(runs_root, run)
+    return run_dir
+
+
+def _format_config(config: Config) -> str:
+    return "config: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items())
+
+
+# -- submit -----------------------------------------------------------------------------------
+
+
+def submit(name: str, where: Places, *, run: str | None = None, fold_spec: str = "all",
+           tta: str | None = None, upload: bool = False, message: str | None = None,
+           device: str | None = None, batch_size: int | None = None) -> Path:
+    """Predict the test set with each chosen fold's best checkpoint, average, write and check."""
+    from compkit import _submit
+
+    comp = competition(name)
+    if upload and not comp.kaggle:
+        raise CompkitError(f"{name} is not a Kaggle competition: there is nowhere to upload")
+    root = _data_root(comp, where)
+    runs_root = where.runs / name
+    run = places.resolve_run(runs_root, run)
+    path = _submit.make_submission(comp, root, runs_root / run, where.submission_dir(name),
+                                      fold_spec=fold_spec, tta=tta, device=device, batch_size=batch_size)
+    if upload:
+        from compkit import kaggle
+
+        result = kaggle.submit(comp.kaggle, path, message or f"compkit {name} run {run}")
+        echo(f"uploaded: {result.get('message', '')} {result.get('ref', '')}".strip())
+    return path
+
+
+# -- plugins ----------------------------------------------------------------------------------
+
+
+def plugin_report() -> list[str]:
+    """Lines describing each plugin: version, what it registers, or why it failed."""
+    from compkit import plugins
+
+    lines = []
+    try:
+        registry.get()
+    except CompkitError as error:
+        lines.append(f"error: {error}")
+    for plugin in plugins.manager().plugins.values():
+        head = f"{plugin.name} ({plugin.distribution} {plugin.version})"
+        if plugin.error:
+            lines.append(f"{head}: FAILED: {plugin.error}")
+            continue
+        parts = [f"{kind}: {', '.join(names)}" for kind, names in
+                 (("competitions", plugin.competitions), ("models", plugin.models),
+                  ("losses", plugin.losses), ("commands", plugin.commands)) if names]
+        lines.append(f"{head}: {'; '.join(parts) or 'registers nothing'}")
+    return lines

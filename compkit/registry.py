@@ -1,0 +1,104 @@
+"""Names -> competitions, model factories and loss factories, gathered from every plugin.
+
+Two plugins registering the same name is an error naming both. Unknown names list what exists.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from compkit.errors import CompkitError
+from compkit import plugins
+from compkit.plugins import Manager
+
+if TYPE_CHECKING:
+    import torch.nn
+
+    from compkit.competition import Competition
+
+PLURAL = {"competition": "competitions", "model": "models", "loss": "losses"}
+INSTALL_HINT = "Install one with: pip install compkit-<name> (first-party: siim, plant-pathology, cifar10, hotdog, digits)"
+
+
+class Registry:
+    """What every loaded plugin registered, by kind and name, with the owning plugin."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.owners: dict[str, dict[str, str]] = {"competition": {}, "model": {}, "loss": {}}
+        self.competitions: dict[str, Competition] = {}
+        self.models: dict[str, Callable[..., Any]] = {}
+        self.losses: dict[str, Callable[[], Any]] = {}
+        self._collect("register_competitions", "competition", self.competitions, self._add_competition)
+        self._collect("register_models", "model", self.models, self._add_factory)
+        self._collect("register_losses", "loss", self.losses, self._add_factory)
+
+    def _collect(self, hook: str, kind: str, table: dict, adapter: Callable[..., tuple[str, Any]]) -> None:
+        for impl in self.manager.implementations(hook):
+            added: list[tuple[str, Any]] = []
+
+            def register(*args: Any, _added: list = added) -> None:
+                _added.append(adapter(*args))
+
+            if not self.manager.run(impl, register=register):
+                continue  # recorded as failed; what it registered before failing is dropped
+            plugin = impl.plugin_name
+            for name, obj in added:
+                self._claim(kind, name, plugin)
+                table[name] = obj
+                getattr(self.manager.plugins[plugin], PLURAL[kind]).append(name)
+
+    @staticmethod
+    def _add_factory(name: Any, factory: Any) -> tuple[str, Any]:
+        if not isinstance(name, str) or not callable(factory):
+            raise CompkitError(f"register() expects (name: str, factory: callable), got ({name!r}, {factory!r})")
+        return name, factory
+
+    @staticmethod
+    def _add_competition(competition: Any) -> tuple[str, Any]:
+        from compkit.competition import Competition
+
+        if not isinstance(competition, Competition):
+            raise CompkitError(f"register() expects a Competition instance, got {competition!r}")
+        if not competition.name:
+            raise CompkitError(f"{type(competition).__name__} has no name")
+        return competition.name, competition
+
+    def _claim(self, kind: str, name: str, plugin: str) -> None:
+        owner = self.owners[kind].get(name)
+        if owner is not None and owner != plugin:
+            raise CompkitError(
+                f"{kind} {name!r} is registered by two plugins: {owner} and {plugin}; uninstall one of them"
+            )
+        self.owners[kind][name] = plugin
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def competition(self, name: str) -> Competition:
+        """The registered competition ``name``; unknown names list the installed ones."""
+        if name not in self.competitions:
+            installed = ", ".join(sorted(self.competitions)) or "none"
+            raise CompkitError(f"unknown competition {name!r}; installed: {installed}. {INSTALL_HINT}")
+        return self.competitions[name]
+
+    def model(self, name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False) -> torch.nn.Module:
+        """Build model ``family/variant`` (or ``family``) with ``num_classes`` outputs."""
+        family, _, variant = name.partition("/")
+        if family not in self.models:
+            families = ", ".join(f"{f}/..." if f in ("timm", "unet") else f for f in sorted(self.models))
+            raise CompkitError(f"unknown model family {family!r} in {name!r}; available: {families}")
+        return self.models[family](variant or None, num_classes, in_channels=in_channels, pretrained=pretrained)
+
+    def loss(self, name: str) -> torch.nn.Module:
+        """Build the registered loss ``name``."""
+        if name not in self.losses:
+            raise CompkitError(f"unknown loss {name!r}; available: {', '.join(sorted(self.losses))}")
+        return self.losses[name]()
+
+
+@functools.cache
+def get() -> Registry:
+    """The process-wide registry (plugins load once)."""
+    return Registry(plugins.manager())
