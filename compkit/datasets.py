@@ -38,28 +38,43 @@ def target_tensor(target: Any, task: str) -> torch.Tensor:
     return torch.as_tensor(array, dtype=torch.float32)
 
 
-class ImageDataset(Dataset):
-    """Images from files with optional class targets.
+class ArrayDataset(Dataset):
+    """Images already in memory as a uint8 array (N, H, W) or (N, H, W, C), with optional targets.
 
     Item: ``{"image": float32 [C, H, W], "target": int64 [] or float32 [C]}`` (no target at test).
     """
 
-    def __init__(self, paths: Sequence[Path], targets: Sequence[Any] | None, transform: Any,
-                 task: str = "classification", channels: int = 3) -> None:
-        self.paths = list(paths)
+    def __init__(self, images: Sequence[Any], targets: Sequence[Any] | None, transform: Any,
+                 task: str = "classification") -> None:
+        self.images = images
         self.targets = targets
         self.transform = transform
         self.task = task
-        self.channels = channels
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
+
+    def load(self, index: int) -> np.ndarray:
+        """The uint8 image (H, W) or (H, W, C) of sample ``index``."""
+        return self.images[index]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image = read_image(self.paths[index], self.channels)
+        image = self.load(index)
         if self.transform is not None:
             image = self.transform(image=image)["image"]
         item = {"image": to_tensor(image)}
         if self.targets is not None:
             item["target"] = target_tensor(self.targets[index], self.task)
         return item
+
+
+class ImageDataset(ArrayDataset):
+    """Images decoded from files on each access (``paths`` in place of an array)."""
+
+    def __init__(self, paths: Sequence[Path], targets: Sequence[Any] | None, transform: Any,
+                 task: str = "classification", channels: int = 3) -> None:
+        super().__init__(list(paths), targets, transform, task)
+        self.channels = channels
+
+    def load(self, index: int) -> np.ndarray:
+        return read_image(self.images[index], self.channels)

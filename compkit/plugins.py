@@ -65,7 +65,7 @@ class Manager:
 
     def implementations(self, hook: str) -> list[Any]:
         """The implementations of ``hook``, in the order the plugins were added."""
-        return list(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
+        return list(getattr(self.pm.hook, hook).get_hookimpls())
 
     def run(self, impl: Any, **kwargs: Any) -> bool:
         """Call one implementation; an exception is recorded against its plugin, not raised.

@@ -1,0 +1,63 @@
+"""Wire a competition into the Engine for one fold: datasets, loaders, model, loss, optimizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from compkit import engine, optim, registry
+from compkit.competition import Competition
+from compkit.config import Config
+
+
+def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask: np.ndarray, root: Path,
+             out_dir: Path, *, resume: bool, quiet: bool, fold: int) -> dict[str, Any]:
+    """Train on the rows outside ``valid_mask``, validate on the rest; files go to ``out_dir``."""
+    import torch
+
+    torch.manual_seed(config.seed)  # the same initial weights for every fold and every rerun
+    train_table = table[~valid_mask].reset_index(drop=True)
+    valid_table = table[valid_mask].reset_index(drop=True)
+    reg = registry.get()
+    model = reg.model(config.model, comp.num_classes, comp.in_channels, config.pretrained)
+    train_loader = loader(comp, train_table, root, "train", config)
+    valid_loader = loader(comp, valid_table, root, "valid", config)
+    optimizer = optim.build_optimizer(model, config)
+    schedule = optim.build_scheduler(optimizer, config, steps_per_epoch=max(1, len(train_loader) // config.accumulate),
+                                     higher_is_better=comp.higher_is_better)
+    trainer = make_engine(comp, config, model, reg.loss(config.loss), optimizer, schedule, quiet=quiet)
+    return trainer.fit(
+        train_loader, valid_loader, epochs=config.epochs, score=comp.score, metric=comp.metric,
+        higher_is_better=comp.higher_is_better, out_dir=out_dir, patience=config.patience, resume=resume,
+        config=config.to_dict(), valid_ids=valid_table[comp.id_column].astype(str).tolist(),
+        on_epoch_end=lambda epoch, metrics: notify(comp, fold, epoch, metrics),
+    )
+
+
+def loader(comp: Competition, table: pd.DataFrame, root: Path, stage: str, config: Config, **options: Any) -> Any:
+    """A DataLoader over ``comp.dataset`` for ``stage``, seeded and sized from the config."""
+    dataset = comp.dataset(table, root, stage, config)
+    return engine.make_loader(dataset, batch_size=options.get("batch_size") or config.batch_size,
+                              train=stage == "train", num_workers=config.num_workers, seed=config.seed,
+                              device=options.get("device") or config.device)
+
+
+def make_engine(comp: Competition, config: Config, model: Any, loss: Any = None, optimizer: Any = None,
+                schedule: Any = None, *, quiet: bool = False, device: str | None = None) -> engine.Engine:
+    """An Engine with the config's precision, layout and EMA settings."""
+    return engine.Engine(
+        model, loss, optimizer, schedule, activation=comp.activation, device=device or config.device,
+        amp=config.amp, channels_last=config.channels_last, compile=config.compile,
+        accumulate=config.accumulate, clip_grad=config.clip_grad, ema=config.ema, seed=config.seed, quiet=quiet,
+    )
+
+
+def notify(comp: Competition, fold: int, epoch: int, metrics: dict[str, float]) -> None:
+    """Call every plugin's on_epoch_end; a failing logger is reported, training goes on."""
+    manager = registry.get().manager
+    for impl in manager.implementations("on_epoch_end"):
+        if not manager.run(impl, competition=comp, fold=fold, epoch=epoch, metrics=dict(metrics)):
+            manager.warn_failed()

@@ -1,0 +1,71 @@
+"""compkit plugin for Kaggle's digit-recognizer: 28x28 handwritten digits stored as CSV pixel rows.
+
+The smallest complete plugin, and the template to copy. Its demo data is real: scikit-learn's
+bundled 8x8 digit scans, upscaled to 28x28, so a fresh machine trains on real data offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compkit import Competition, Config, hookimpl
+
+PIXELS = [f"pixel{i}" for i in range(28 * 28)]
+
+
+class Digits(Competition):
+    name = "digits"
+    title = "Digit Recognizer (MNIST)"
+    kaggle = "digit-recognizer"
+    classes = tuple(str(digit) for digit in range(10))
+    id_column = "ImageId"
+    label_column = "Label"
+    in_channels = 1
+    mean, std = (0.5,), (0.5,)
+    # A small-image recipe: ResNet-18 at 28x28 from scratch, light shifts, 30 epochs on one GPU.
+    defaults = Config(model="timm/resnet18", image_size=28, epochs=30, batch_size=128, lr=2e-3,
+                      optimizer="adamw", weight_decay=5e-4, scheduler="onecycle", tta="none")
+
+    def download(self, root: Path) -> None:
+        from compkit import kaggle
+
+        kaggle.competition_files(self.kaggle, root)
+
+    def make_demo(self, root: Path, seed: int = 0) -> None:
+        from compkit_digits.demo import write_demo
+
+        write_demo(root, seed)
+
+    def train_table(self, root: Path):
+        import pandas as pd
+
+        table = pd.read_csv(root / "train.csv")
+        table.insert(0, self.id_column, range(1, len(table) + 1))
+        return table.rename(columns={"label": "target"})
+
+    def test_table(self, root: Path):
+        import pandas as pd
+
+        table = pd.read_csv(root / "test.csv")
+        table.insert(0, self.id_column, range(1, len(table) + 1))  # ImageId is 1-based
+        return table
+
+    def transforms(self, stage: str, config: Config):
+        import albumentations as A
+
+        steps = [A.Resize(config.image_size, config.image_size)]
+        if stage == "train":  # no flips: a mirrored 2 is not a 2
+            steps.append(A.Affine(translate_percent=0.08, rotate=(-10, 10), scale=(0.9, 1.1), p=0.8))
+        return A.Compose([*steps, A.Normalize(mean=self.mean, std=self.std, max_pixel_value=255.0)])
+
+    def dataset(self, table, root: Path, stage: str, config: Config):
+        from compkit.datasets import ArrayDataset
+
+        images = table[PIXELS].to_numpy("uint8").reshape(-1, 28, 28)
+        targets = None if stage == "test" else table["target"].to_numpy()
+        return ArrayDataset(images, targets, self.transforms(stage, config))
+
+
+@hookimpl
+def register_competitions(register):
+    register(Digits())
