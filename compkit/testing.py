@@ -11,6 +11,7 @@ The checks run on the competition's demo data at a small image size, on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,64 @@ class CompetitionContract:
         assert np.isfinite(best)
         if competition.metric in ("accuracy", "dice"):
             assert best == pytest.approx(1.0)
+
+
+@dataclasses.dataclass
+class EndToEnd:
+    """What a demo run left behind: the fold's metrics, its out-of-fold file and the submission."""
+
+    metrics: Any  # pandas DataFrame of fold<K>/metrics.csv
+    oof: dict[str, np.ndarray]
+    submission: Path
+    sidecar: dict[str, Any]
+    best_score: float
+    baseline: float
+
+
+def end_to_end(name: str, workdir: Path, *settings: str, n_folds: int = 3, fold: int = 0,
+               submit_options: tuple[str, ...] = ()) -> EndToEnd:
+    """Run download --demo, folds, train and submit through the CLI in ``workdir``, on CPU.
+
+    ``settings`` are ``key=value`` config overrides for a short run, e.g. ``"epochs=2"``.
+    """
+    import json
+
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from compkit.cli import cli
+
+    places = ["--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs")]
+    sets = [part for setting in ("device=cpu", "num_workers=0", *settings) for part in ("--set", setting)]
+    steps = [
+        ["download", name, "--demo", "--data-dir", str(workdir / "data")],
+        ["folds", name, "--n-folds", str(n_folds), "--data-dir", str(workdir / "data")],
+        ["train", name, "--fold", str(fold), "--run", "e2e", "--quiet", *places, *sets],
+        ["submit", name, "--run", "e2e", *places, "--submissions-dir", str(workdir / "submissions"),
+         "--device", "cpu", *submit_options],
+    ]
+    runner = CliRunner()
+    for step in steps:
+        result = runner.invoke(cli, step, catch_exceptions=False)
+        assert result.exit_code == 0, f"compkit {' '.join(step)} failed:\n{result.output}"
+    competition = registry.get().competition(name)
+    fold_dir = workdir / "runs" / name / "e2e" / f"fold{fold}"
+    metrics = pd.read_csv(fold_dir / "metrics.csv")
+    scores = metrics[competition.metric]
+    best = scores.max() if competition.higher_is_better else scores.min()
+    oof = dict(np.load(fold_dir / "oof.npz", allow_pickle=False))
+    (path,) = sorted((workdir / "submissions" / name).glob("*.csv"))
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    return EndToEnd(metrics, oof, path, sidecar, float(best), trivial_baseline(competition, oof["targets"]))
+
+
+def trivial_baseline(competition: Competition, targets: np.ndarray) -> float:
+    """The score of the best constant prediction a model must beat (majority class, all empty, ...)."""
+    n = len(targets)
+    if competition.task == "segmentation":
+        constant = np.zeros(targets.shape, dtype=np.float32)
+    else:
+        classes = len(competition.classes)
+        counts = np.bincount(targets, minlength=classes) if targets.ndim == 1 else targets.sum(axis=0)
+        constant = np.tile(np.eye(classes, dtype=np.float32)[int(np.argmax(counts))], (n, 1))
+    return float(competition.score(targets, constant))

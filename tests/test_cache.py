@@ -1,0 +1,54 @@
+"""The resized-input cache: built once, reused, rebuilt when the sources or the size change."""
+
+import os
+
+import cv2
+import numpy as np
+
+from compkit.cache import resized_images
+
+
+def write_images(folder, count=5, size=(40, 30)):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i}.png"
+        cv2.imwrite(str(path), rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+        paths.append(path)
+    return paths
+
+
+def test_cache_matches_direct_decoding_and_is_reused(tmp_path):
+    paths = write_images(tmp_path)
+    calls = []
+
+    def read(path):
+        calls.append(path)
+        return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+    images = resized_images(paths, 16, tmp_path / "cache", read=read, progress=False)
+    assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8
+    expected = cv2.resize(read(paths[2]), (16, 16), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(images[2], expected)
+    calls.clear()
+    again = resized_images(paths, 16, tmp_path / "cache", read=read, progress=False)
+    assert calls == [] and np.array_equal(again, images)  # nothing decoded the second time
+
+
+def test_cache_is_rebuilt_when_a_source_changes_and_stale_files_go(tmp_path):
+    paths = write_images(tmp_path)
+    first = np.array(resized_images(paths, 16, tmp_path / "cache", progress=False))
+    cv2.imwrite(str(paths[0]), np.zeros((40, 30, 3), np.uint8))
+    os.utime(paths[0], ns=(1, 1))  # a different mtime even on coarse clocks
+    second = resized_images(paths, 16, tmp_path / "cache", progress=False)
+    assert second[0].max() == 0 and np.array_equal(second[1:], first[1:])
+    assert len(list((tmp_path / "cache").glob("images-16-*.npy"))) == 1
+    other_size = resized_images(paths, 8, tmp_path / "cache", progress=False)
+    assert other_size.shape == (5, 8, 8, 3)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_grayscale_cache_has_no_channel_axis(tmp_path):
+    paths = write_images(tmp_path, 2)
+    images = resized_images(paths, 12, tmp_path / "cache", channels=1, progress=False)
+    assert images.shape == (2, 12, 12)
