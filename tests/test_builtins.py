@@ -1,0 +1,94 @@
+"""The core's own plugin: timm and smp model families, the common losses, clear errors for bad names."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from compkit import registry
+from compkit.errors import CompkitError
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return registry.get()
+
+
+def test_timm_family_builds_any_timm_model_with_the_asked_outputs_and_channels(reg):
+    model = reg.model("timm/resnet10t", num_classes=4, in_channels=1)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("family", ["unet", "fpn", "unetplusplus"])
+def test_smp_families_build_segmentation_models(reg, family):
+    model = reg.model(f"{family}/resnet18", num_classes=1, in_channels=1).eval()
+    assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+@pytest.mark.parametrize(("name", "match"), [
+    ("timm/resnet_nope", "unknown timm model 'resnet_nope'; close matches: .*resnet"),
+    ("unet/resnet_nope", "unknown encoder 'resnet_nope'"),
+    ("nosuch/x", "unknown model family 'nosuch'.*available: .*timm/..."),
+])
+def test_unknown_models_list_what_exists(reg, name, match):
+    with pytest.raises(CompkitError, match=match):
+        reg.model(name, num_classes=2)
+
+
+def test_unknown_loss_lists_the_registered_ones(reg):
+    with pytest.raises(CompkitError, match="unknown loss 'dicee'; available: .*bce-dice"):
+        reg.loss("dicee")
+
+
+def test_pretrained_weights_offline_say_how_to_provide_them(tmp_path):
+    # a fresh process: huggingface_hub reads HF_HUB_OFFLINE when it is imported
+    code = ("from compkit import registry\n"
+            "try:\n    registry.get().model('timm/resnet10t', num_classes=2, pretrained=True)\n"
+            "except Exception as error:\n    print(type(error).__name__, error)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}  # an empty cache
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.startswith("CompkitError could not load pretrained weights for timm/resnet10t")
+    assert "COMPKIT_WEIGHTS_DIR" in result.stdout
+
+
+def test_weights_dir_supplies_pretrained_weights_offline(reg, monkeypatch, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet10t", pretrained=False)
+    save_file(source.state_dict(), tmp_path / "resnet10t.safetensors")
+    monkeypatch.setenv("COMPKIT_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = reg.model("timm/resnet10t", num_classes=3, pretrained=True)
+    assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)  # the body came from the file
+    assert model.get_classifier().out_features == 3  # the head was made anew for 3 classes
+
+
+@pytest.mark.parametrize("name", ["ce", "ce-smooth", "focal"])
+def test_classification_losses_take_class_indices_and_are_finite(reg, name):
+    logits = torch.randn(6, 4, requires_grad=True)
+    loss = reg.loss(name)(logits, torch.tensor([0, 1, 2, 3, 0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["bce", "dice", "bce-dice", "focal"])
+def test_mask_losses_are_small_for_the_right_answer_and_large_for_the_wrong_one(reg, name):
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:10, 4:10] = 1
+    right = reg.loss(name)((target * 2 - 1) * 10, target)
+    wrong = reg.loss(name)((1 - target * 2) * 10, target)
+    assert right < 0.05 < wrong
+
+
+def test_dice_loss_of_an_empty_mask_predicted_empty_is_near_zero(reg):
+    assert reg.loss("dice")(torch.full((1, 1, 8, 8), -20.0), torch.zeros(1, 1, 8, 8)) < 1e-3
+
+
+def test_cross_entropy_accepts_soft_targets(reg):
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    soft = torch.tensor([[0.5, 0.5], [0.0, 1.0]])
+    expected = -(soft * logits.log_softmax(1)).sum(1).mean()
+    assert torch.allclose(reg.loss("ce")(logits, soft), expected)
