@@ -1,0 +1,310 @@
+"""A fake Kaggle API on 127.0.0.1 that the real kaggle client talks to in tests.
+
+The client is pointed at it with KAGGLE_API_ENVIRONMENT=LOCALHOST (it then calls http://localhost/api/v1/...)
+and HTTP_PROXY=http://127.0.0.1:<port>, so every request, downloads and uploads included, arrives here.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+API = "/api/v1/"
+COMPETITIONS = "competitions.CompetitionApiService/"
+DATASETS = "datasets.DatasetApiService/"
+INTROSPECT = "security.OAuthService/IntrospectToken"
+MAX_BODY_BYTES = 16 * 1024 * 1024
+SOCKET_TIMEOUT_SECONDS = 10
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    """The bytes of a zip archive holding ``files`` (name -> content)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy")
+CLEARED_VARIABLES = (
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "XDG_CONFIG_HOME",
+    "VERBOSE",
+    "VERBOSE_OUTPUT",
+)
+
+
+def point_client_at(monkeypatch, fake: FakeKaggle, home: Path) -> None:
+    """Set the environment so the real kaggle client (and requests) talk only to ``fake``.
+
+    ``home`` becomes HOME (so no real ~/.kaggle is read) and holds the KAGGLE_CONFIG_DIR.
+    HTTPS goes to the fake too: a request meant for the real api.kaggle.com fails instead of leaving.
+    """
+    for name in list(os.environ):
+        if name.startswith("KAGGLE_") or name in CLEARED_VARIABLES:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle-config"))
+    monkeypatch.setenv("KAGGLE_USERNAME", fake.username)
+    monkeypatch.setenv("KAGGLE_KEY", fake.key)
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, fake.address)
+
+
+@dataclass
+class FakeKaggle:
+    """What the fake serves and what it received; edit the fields freely while it runs."""
+
+    username: str = "fake-user"
+    key: str = "fake-key-0123456789abcdef"
+    access_token: str | None = None  # accepted as "Authorization: Bearer <token>" when set
+    competitions: dict[str, dict[str, bytes]] = field(default_factory=dict)  # slug -> name -> bytes
+    datasets: dict[str, dict[str, bytes]] = field(default_factory=dict)  # "owner/slug" -> name -> bytes
+    urls: dict[str, bytes] = field(default_factory=dict)  # path such as "/files/x.zip" -> bytes
+    errors: dict[str, int] = field(default_factory=dict)  # slug or "owner/slug" -> 403 / 404
+    truncated_urls: set[str] = field(default_factory=set)  # paths answered with fewer bytes than promised
+    fail_upload: bool = False
+    submissions: list[dict] = field(default_factory=list)  # answered by ListSubmissions
+    uploads: dict[str, bytes] = field(default_factory=dict)  # upload token -> bytes received by PUT
+    created: list[dict] = field(default_factory=list)  # CreateSubmission request bodies
+    requests: list[tuple[str, str, dict]] = field(default_factory=list)  # (method, path, json body)
+    port: int = 0
+    _server: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> FakeKaggle:
+        """Listen on a free loopback port in a daemon thread."""
+        fake = self
+
+        class Handler(_Handler):
+            kaggle = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-kaggle", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+            self._server = None
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def count(self, method_or_path: str) -> int:
+        """How many requests had this RPC method name (e.g. "DownloadDataFiles") or this path."""
+        return sum(
+            1 for _, path, _ in self.requests if path == method_or_path or path.endswith("/" + method_or_path)
+        )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    kaggle: FakeKaggle
+    timeout = SOCKET_TIMEOUT_SECONDS  # a stuck client cannot hold a server thread forever
+
+    def log_message(self, format, *args):
+        pass  # keep test output quiet
+
+    # ---- plumbing ----
+
+    def _path(self) -> str:
+        # Through a proxy the request line holds the absolute URL ("http://localhost/api/v1/...").
+        return unquote(urlsplit(self.path).path)
+
+    def _body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", ""):
+            return self._chunked_body()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            raise ValueError("request body too large for the fake")
+        return self.rfile.read(length)
+
+    def _chunked_body(self) -> bytes:
+        body = b""
+        while True:
+            size = int(self.rfile.readline().split(b";")[0], 16)
+            if size == 0:
+                self.rfile.readline()
+                return body
+            body += self.rfile.read(size)
+            self.rfile.readline()
+            if len(body) > MAX_BODY_BYTES:
+                raise ValueError("request body too large for the fake")
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, payload: dict, status: int = 200) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def _error(self, status: int, message: str) -> None:
+        self._json({"code": status, "message": message}, status)
+
+    def _redirect(self, path: str) -> None:
+        # A query string like a signed storage URL's: the client must strip it from the file name.
+        self._send(302, b"", "text/plain", {"Location": f"http://localhost{path}?signature=fake"})
+
+    def _authorized(self) -> bool:
+        basic = base64.b64encode(f"{self.kaggle.username}:{self.kaggle.key}".encode()).decode()
+        accepted = {f"Basic {basic}"} | (
+            {f"Bearer {self.kaggle.access_token}"} if self.kaggle.access_token else set()
+        )
+        return self.headers.get("Authorization") in accepted
+
+    # ---- HTTP verbs ----
+
+    def do_GET(self):
+        path = self._path()
+        self.kaggle.requests.append(("GET", path, {}))
+        if path.startswith("/download/"):
+            return self._serve_download(path)
+        if path in self.kaggle.urls:
+            content = self.kaggle.urls[path]
+            if path in self.kaggle.truncated_urls:
+                return self._send_truncated(content)
+            return self._send(200, content, "application/octet-stream")
+        return self._error(404, f"no such file: {path}")
+
+    def do_PUT(self):
+        path = self._path()
+        body = self._body()
+        self.kaggle.requests.append(("PUT", path, {}))
+        token = path.rsplit("/", 1)[-1]
+        if not path.startswith("/upload/") or self.kaggle.fail_upload:
+            return self._error(500, "upload failed")
+        self.kaggle.uploads[token] = body
+        return self._json({})
+
+    def do_POST(self):
+        path = self._path()
+        raw = self._body()
+        body = json.loads(raw or b"{}")
+        self.kaggle.requests.append(("POST", path, body))
+        if not path.startswith(API):
+            return self._error(404, f"unknown path {path}")
+        method = path[len(API) :]
+        if method == INTROSPECT:  # asks whether the token in the body is valid; needs no login itself
+            return self._introspect_token(body)
+        if not self._authorized():
+            return self._error(401, "Unauthenticated")
+        handler = {
+            COMPETITIONS + "DownloadDataFiles": self._download_data_files,
+            COMPETITIONS + "DownloadDataFile": self._download_data_file,
+            COMPETITIONS + "StartSubmissionUpload": self._start_submission_upload,
+            COMPETITIONS + "CreateSubmission": self._create_submission,
+            COMPETITIONS + "ListSubmissions": self._list_submissions,
+            DATASETS + "DownloadDataset": self._download_dataset,
+        }.get(method)
+        if handler is None:
+            return self._error(404, f"the fake does not implement {method}")
+        return handler(body)
+
+    # ---- RPC methods ----
+
+    def _introspect_token(self, body: dict) -> None:
+        active = bool(self.kaggle.access_token) and body.get("token") == self.kaggle.access_token
+        self._json({"active": active, "username": self.kaggle.username if active else ""})
+
+    def _competition(self, name: str) -> dict[str, bytes] | None:
+        status = self.kaggle.errors.get(name)
+        if status == 403:
+            self._error(
+                403, "You must accept this competition's rules before you'll be able to download files."
+            )
+            return None
+        if status is not None or name not in self.kaggle.competitions:
+            self._error(404, "Not found")
+            return None
+        return self.kaggle.competitions[name]
+
+    def _download_data_files(self, body: dict) -> None:
+        name = body.get("competitionName", "")
+        if self._competition(name) is not None:
+            self._redirect(f"/download/competitions/{name}/{name}.zip")
+
+    def _download_data_file(self, body: dict) -> None:
+        name, file_name = body.get("competitionName", ""), body.get("fileName", "")
+        files = self._competition(name)
+        if files is None:
+            return
+        if file_name not in files:
+            return self._error(404, "Not found")
+        self._redirect(f"/download/competitions/{name}/files/{file_name}.zip")
+
+    def _download_dataset(self, body: dict) -> None:
+        ref = f"{body.get('ownerSlug', '')}/{body.get('datasetSlug', '')}"
+        status = self.kaggle.errors.get(ref)
+        if status is not None or ref not in self.kaggle.datasets:
+            return self._error(status or 404, "Permission denied" if status == 403 else "Not found")
+        self._redirect(f"/download/datasets/{ref}.zip")
+
+    def _start_submission_upload(self, body: dict) -> None:
+        if self._competition(body.get("competitionName", "")) is None:
+            return
+        token = f"blob-{len(self.kaggle.uploads) + len(self.kaggle.requests)}"
+        self._json({"token": token, "createUrl": f"http://localhost/upload/{token}"})
+
+    def _create_submission(self, body: dict) -> None:
+        if self._competition(body.get("competitionName", "")) is None:
+            return
+        self.kaggle.created.append(body)
+        ref = 1000 + len(self.kaggle.created)
+        self._json({"message": "Successfully submitted to the competition", "ref": ref})
+
+    def _list_submissions(self, body: dict) -> None:
+        if self._competition(body.get("competitionName", "")) is not None:
+            self._json({"submissions": self.kaggle.submissions, "nextPageToken": ""})
+
+    # ---- file bytes (what the redirects point to) ----
+
+    def _serve_download(self, path: str) -> None:
+        parts = path.removeprefix("/download/").removesuffix(".zip").split("/")
+        files = None
+        if parts[0] == "competitions" and len(parts) == 3:
+            files = self.kaggle.competitions.get(parts[1])
+        elif parts[0] == "competitions" and len(parts) == 4 and parts[2] == "files":
+            content = self.kaggle.competitions.get(parts[1], {}).get(parts[3])
+            files = None if content is None else {parts[3]: content}
+        elif parts[0] == "datasets" and len(parts) == 3:
+            files = self.kaggle.datasets.get(f"{parts[1]}/{parts[2]}")
+        if files is None:
+            return self._error(404, f"no such download: {path}")
+        self._send(200, zip_bytes(files), "application/zip")
+
+    def _send_truncated(self, content: bytes) -> None:
+        # Promise every byte, send half, hang up: what a dropped connection looks like to the client.
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content[: len(content) // 2])
+        self.wfile.flush()
+        self.close_connection = True
