@@ -26,15 +26,15 @@ def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask:
     train_loader = loader(comp, train_table, root, "train", config)
     valid_loader = loader(comp, valid_table, root, "valid", config)
     optimizer = optim.build_optimizer(model, config)
-    schedule = optim.build_scheduler(optimizer, config, steps_per_epoch=max(1, len(train_loader) // config.accumulate),
-                                     higher_is_better=comp.higher_is_better)
-    trainer = make_engine(comp, config, model, reg.loss(config.loss), optimizer, schedule, quiet=quiet)
-    return trainer.fit(
-        train_loader, valid_loader, epochs=config.epochs, score=comp.score, metric=comp.metric,
-        higher_is_better=comp.higher_is_better, out_dir=out_dir, patience=config.patience, resume=resume,
-        config=config.to_dict(), valid_ids=valid_table[comp.id_column].astype(str).tolist(),
-        on_epoch_end=lambda epoch, metrics: notify(comp, fold, epoch, metrics),
-    )
+    steps = optim.optimizer_steps_per_epoch(len(train_loader), config.accumulate)
+    schedule = optim.build_scheduler(optimizer, config, steps, higher_is_better=comp.higher_is_better)
+    with make_engine(comp, config, model, reg.loss(config.loss), optimizer, schedule, quiet=quiet) as trainer:
+        return trainer.fit(
+            train_loader, valid_loader, epochs=config.epochs, score=comp.score, metric=comp.metric,
+            higher_is_better=comp.higher_is_better, out_dir=out_dir, patience=config.patience, resume=resume,
+            config=config.to_dict(), valid_ids=valid_table[comp.id_column].astype(str).tolist(),
+            on_epoch_end=lambda epoch, metrics: notify(comp, fold, epoch, metrics),
+        )
 
 
 def loader(comp: Competition, table: pd.DataFrame, root: Path, stage: str, config: Config, **options: Any) -> Any:

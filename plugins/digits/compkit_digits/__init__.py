@@ -39,16 +39,14 @@ class Digits(Competition):
     def train_table(self, root: Path):
         import pandas as pd
 
-        table = pd.read_csv(root / "train.csv")
-        table.insert(0, self.id_column, range(1, len(table) + 1))
-        return table.rename(columns={"label": "target"})
+        table = pd.read_csv(root / "train.csv").rename(columns={"label": "target"})
+        return pd.concat([pd.DataFrame({self.id_column: range(1, len(table) + 1)}), table], axis=1)
 
     def test_table(self, root: Path):
         import pandas as pd
 
-        table = pd.read_csv(root / "test.csv")
-        table.insert(0, self.id_column, range(1, len(table) + 1))  # ImageId is 1-based
-        return table
+        table = pd.read_csv(root / "test.csv")  # ImageId is the 1-based row number
+        return pd.concat([pd.DataFrame({self.id_column: range(1, len(table) + 1)}), table], axis=1)
 
     def transforms(self, stage: str, config: Config):
         import albumentations as A
