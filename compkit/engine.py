@@ -1,0 +1,869 @@
+"""The training Engine: fit, evaluate and predict any model with any loss and score function.
+
+It knows nothing about competitions. It adds mixed precision, gradient accumulation and clipping,
+weight EMA, per-epoch seeding (a resumed run replays the same epochs), atomic checkpoints and DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from tqdm import tqdm
+
+from compkit import _distributed, _io
+from compkit.errors import CompkitError
+from compkit.optim import Schedule, optimizer_steps_per_epoch
+
+# The training loop reads losses back from the device only every this many batches: a read is a
+# CUDA synchronisation, and one per batch would leave the GPU idle while Python queues the next step.
+SYNC_EVERY = 20
+# float16's loss scaler skips a step whose gradients overflowed and halves its scale; a few skips are
+# normal, a long run of them means the gradients are NaN at any scale.
+MAX_SKIPPED_STEPS = 50
+ACTIVATIONS = ("softmax", "sigmoid", None)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+TIMING_COLUMNS = ("seconds", "images_per_second")
+_NOTED: set[str] = set()  # notes already printed by this process
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Seeding and data loading
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*values: int) -> int:
+    """A well-mixed 32-bit seed from integers such as (seed, epoch); numpy's legacy seeding needs < 2**32."""
+    return int(np.random.SeedSequence([value % 2**64 for value in values]).generate_state(1)[0])
+
+
+class EpochSampler(Sampler):
+    """This process's sample indices for one epoch, yielded as ``(index, sample_seed)`` pairs.
+
+    Order and seeds are functions of (seed, epoch) only, never of worker count or history, so a
+    resumed run replays an epoch exactly. ``shuffle``: a new permutation each epoch, cut to an equal
+    share per process (a tail that does not divide evenly is dropped) so every process runs the same
+    number of batches. Otherwise: in order, every ``world_size``-th index from ``rank``, unpadded, so
+    each sample is predicted exactly once; ``indices()`` tells the Engine how to put shards back.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def sharded(self) -> bool:
+        return self.world_size > 1
+
+    def indices(self) -> np.ndarray:
+        """int64 (M,): the dataset indices this process visits this epoch, in order."""
+        if not self.shuffle:
+            return np.arange(self.rank, self.size, self.world_size)
+        order = np.random.default_rng([self.seed % 2**64, self.epoch, 0]).permutation(self.size)
+        share = self.size // self.world_size
+        return order[self.rank : share * self.world_size : self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seeds = np.random.SeedSequence([self.seed % 2**64, self.epoch, 1]).generate_state(self.size)
+        for index in self.indices().tolist():
+            yield index, int(seeds[index])
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self.size // self.world_size
+        return len(range(self.rank, self.size, self.world_size))
+
+
+def _seed_sample(dataset: Dataset, seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+    # albumentations >= 2 keeps its own generators, drawn from OS entropy unless Compose(seed=...),
+    # so global seeding alone does not repeat augmentations: reseed a dataset's Compose too.
+    for owner in (dataset, getattr(dataset, "transforms", None), getattr(dataset, "transform", None)):
+        if callable(getattr(owner, "set_random_state", None)):  # albumentations' cheap path
+            owner.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            return
+        if callable(getattr(owner, "set_random_seed", None)):
+            owner.set_random_seed(seed)
+            return
+
+
+class SeededDataset(Dataset):
+    """Wraps ``dataset`` so each sample is drawn under its own seed from ``EpochSampler``.
+
+    The same sample then gets the same augmentation whichever worker loads it, and with persistent
+    workers too. Keys may also be plain indices (no reseeding).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, seed = key
+        if get_worker_info() is not None:
+            _seed_sample(self.dataset, seed)
+            return self.dataset[index]
+        # Loading in the main process (num_workers=0): leave the model's torch stream (dropout) as it
+        # was, so a run gives the same weights whatever num_workers is.
+        state = torch.get_rng_state()
+        try:
+            _seed_sample(self.dataset, seed)
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(state)
+
+
+def default_workers() -> int:
+    """DataLoader workers per process: this process's share of the usable cores, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // _distributed.local_world_size()))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """A torch.device from "auto" | "cpu" | "cuda" | "cuda:N"; under torchrun "auto"/"cuda" is cuda:LOCAL_RANK."""
+    name = str(device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CompkitError(
+            f"device {name!r} was asked for but torch sees no CUDA device; use device=auto or cpu"
+        )
+    if name == "cuda":
+        return torch.device("cuda", _distributed.local_rank())
+    return torch.device(name)
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    train: bool,
+    num_workers: int = -1,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+) -> DataLoader:
+    """A DataLoader of dict batches; shuffled and without a short last batch when ``train``.
+
+    Under torchrun each process gets its share (see ``EpochSampler``). ``num_workers=-1`` picks
+    ``default_workers()``. On CUDA, memory is pinned and workers persist between epochs.
+    """
+    sampler = EpochSampler(
+        len(dataset),
+        shuffle=train,
+        seed=seed,
+        rank=_distributed.rank(),
+        world_size=_distributed.world_size(),
+    )
+    workers = default_workers() if num_workers < 0 else num_workers
+    on_cuda = resolve_device(device).type == "cuda"
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=workers,
+        pin_memory=on_cuda,
+        persistent_workers=on_cuda and workers > 0,
+        # Workers' base seed comes from here instead of the global stream; samples are reseeded anyway.
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The Engine
+
+
+@dataclass
+class FitState:
+    """Where a fit stands; saved in last.pt so that a resumed run carries on from it."""
+
+    epoch: int = 0  # epochs completed (1-based numbering, 0 = none yet)
+    step: int = 0  # optimizer steps taken
+    best_score: float | None = None
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one metrics row per epoch
+    stopped_early: bool = False
+
+
+@dataclass
+class Predictions:
+    """One process's (or, merged, all) predictions; ``indices`` are dataset indices, None if in order."""
+
+    probabilities: np.ndarray
+    targets: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    loss_sum: float = 0.0
+    count: int = 0
+
+
+class Engine:
+    """Trains ``model`` with ``loss`` (logits, target) -> scalar, and predicts probabilities.
+
+    ``activation`` turns logits into probabilities: "softmax" over dim 1, "sigmoid", or None (as is).
+    ``amp``: "bf16" | "fp16" | "off" (CUDA only; CPU runs float32). ``ema``: decay of a weight EMA
+    (0 = off) that is then evaluated, saved and used by ``predict``. Under torchrun the process group
+    is set up here; use the Engine as a context manager (or call ``close()``) to leave it cleanly.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        schedule: Schedule | None = None,
+        *,
+        activation: str | None = "softmax",
+        device: str | torch.device = "auto",
+        amp: str = "off",
+        channels_last: bool = False,
+        compile: bool = False,
+        accumulate: int = 1,
+        clip_grad: float = 0.0,
+        ema: float = 0.0,
+        seed: int = 42,
+        quiet: bool = False,
+    ) -> None:
+        if activation not in ACTIVATIONS:
+            raise CompkitError(f"unknown activation {activation!r}; available: softmax, sigmoid, None")
+        if amp not in AMP_DTYPES:
+            raise CompkitError(f"unknown amp mode {amp!r}; available: {', '.join(AMP_DTYPES)}")
+        self.device = resolve_device(device)
+        self._owns_process_group = _distributed.start(self.device)
+        self.main = _distributed.is_main()
+        self.quiet = quiet or not self.main
+        self.activation, self.loss, self.optimizer = activation, loss, optimizer
+        self.schedule = schedule or Schedule()
+        self.accumulate, self.clip_grad, self.seed = max(1, accumulate), clip_grad, seed
+        self.amp_dtype = self._amp_dtype(amp)
+        # float16 overflows above 65504, so its gradients need scaling; bfloat16 has float32's range.
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.channels_last = channels_last and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        self.model = model.to(self.device, memory_format=self._memory_format)
+        if isinstance(loss, nn.Module):
+            loss.to(self.device)  # class weights and similar buffers
+        self.ema = self._make_ema(ema)
+        self._ddp, self.network = self._wrap(compile)
+        self._skipped_in_a_row = 0
+
+    # -- set-up helpers --------------------------------------------------------------------------------
+
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.preserve_format
+
+    def _amp_dtype(self, amp: str) -> torch.dtype | None:
+        dtype = AMP_DTYPES[amp]
+        if dtype is not None and self.device.type != "cuda":
+            self._note(f"amp={amp} applies on CUDA only; this {self.device.type} run uses float32")
+            return None
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+            self._note("this GPU has no native bfloat16; using amp=fp16 with a loss scaler instead")
+            return torch.float16
+        return dtype
+
+    def _make_ema(self, decay: float) -> nn.Module | None:
+        if decay <= 0:
+            return None
+        from timm.utils import ModelEmaV3
+
+        # Warm-up ramps the decay from 0 towards ``decay`` over the first steps, so a short fine-tune's
+        # EMA is not dominated by the initial weights.
+        return ModelEmaV3(self.model, decay=decay, use_warmup=True)
+
+    def _wrap(self, compile: bool) -> tuple[nn.Module | None, nn.Module]:
+        """(the DDP wrapper or None, the module the training step calls)."""
+        network, ddp = self.model, None
+        if _distributed.active() and self.optimizer is not None:  # DDP only matters for training
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            network = ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if compile and self.device.type != "cuda":
+            self._note("compile=True applies on CUDA only; this CPU run stays eager")
+        elif compile:
+            network = torch.compile(network)
+        return ddp, network
+
+    def _note(self, message: str) -> None:
+        """Print ``message`` once per process (rank 0, unless quiet)."""
+        if message not in _NOTED and not self.quiet:
+            _NOTED.add(message)
+            print(f"note: {message}", file=sys.stderr)
+
+    def _say(self, message: str) -> None:
+        if not self.quiet:
+            tqdm.write(message)
+
+    def close(self) -> None:
+        """Leave the process group this Engine joined (after a barrier, so no rank exits early)."""
+        if self._owns_process_group:
+            _distributed.stop()
+            self._owns_process_group = False
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- fit ---------------------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train_loader: DataLoader,
+        valid_loader: DataLoader,
+        *,
+        epochs: int,
+        score: Callable[[np.ndarray, np.ndarray], float],
+        metric: str = "score",
+        higher_is_better: bool = True,
+        out_dir: str | os.PathLike | None = None,
+        patience: int = 0,
+        resume: bool = False,
+        config: Mapping[str, Any] | None = None,
+        valid_ids: Sequence[str] | None = None,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Train for ``epochs``, scoring each on ``valid_loader``; returns the best score and epoch.
+
+        ``score(targets, probabilities) -> float`` gets numpy arrays: probabilities (N, C), or (N, H, W)
+        for a one-channel dense output (targets squeezed alike). Under ``out_dir`` it writes best.pt,
+        last.pt, metrics.csv, oof.npz and curves.png. ``patience`` > 0 stops after that many epochs
+        without improvement. ``resume`` continues from out_dir/last.pt.
+        """
+        run = _Run(metric, higher_is_better, out_dir, dict(config or {}), valid_ids, score, on_epoch_end)
+        self._check_fit(train_loader, run, resume)
+        state = self._resume(run) if resume else FitState()
+        epoch = state.epoch
+        try:
+            for epoch in range(state.epoch + 1, epochs + 1):
+                if state.stopped_early:
+                    break
+                self._fit_epoch(epoch, epochs, train_loader, valid_loader, run, state, patience)
+        except KeyboardInterrupt:
+            raise CompkitError(self._interrupted_message(epoch, state, run)) from None
+        return {
+            "metric": metric,
+            "best_score": state.best_score,
+            "best_epoch": state.best_epoch,
+            "epochs_run": state.epoch,
+            "stopped_early": state.stopped_early,
+        }
+
+    def _check_fit(self, train_loader: DataLoader, run: _Run, resume: bool) -> None:
+        if self.optimizer is None or self.loss is None:
+            raise CompkitError(
+                "Engine.fit needs a loss and an optimizer; this Engine was built for predict only"
+            )
+        if len(train_loader) == 0:
+            raise CompkitError(
+                f"the training loader yields no batch: {len(train_loader.dataset)} samples with batch_size "
+                f"{train_loader.batch_size} and drop_last; lower batch_size"
+            )
+        if resume and run.out_dir is None:
+            raise CompkitError("resume=True needs out_dir, where last.pt is")
+        planned = self.schedule.steps_per_epoch
+        actual = optimizer_steps_per_epoch(len(train_loader), self.accumulate)
+        if self.schedule.interval == "step" and planned and planned != actual:
+            raise CompkitError(
+                f"the lr schedule was built for {planned} optimizer steps per epoch but this loader gives "
+                f"{actual}; build it with steps_per_epoch=optim.optimizer_steps_per_epoch(len(train_loader), "
+                "accumulate)"
+            )
+        if self.schedule.interval == "plateau" and self.schedule.higher_is_better != run.higher_is_better:
+            raise CompkitError(
+                "the plateau schedule and fit() disagree on higher_is_better; pass the same value"
+            )
+
+    def _fit_epoch(
+        self,
+        epoch: int,
+        epochs: int,
+        train_loader: DataLoader,
+        valid_loader: DataLoader,
+        run: _Run,
+        state: FitState,
+        patience: int,
+    ) -> None:
+        """One epoch: train, evaluate, keep the best, write the files, decide on early stopping."""
+        started = time.perf_counter()
+        self._seed_epoch(epoch, train_loader)
+        train_loss, images_per_second = self._train_epoch(train_loader, epoch, state)
+        valid = self._evaluate(valid_loader)
+        value, valid_loss = self._score(valid, run)
+        lr = self.optimizer.param_groups[0]["lr"]  # the lr this epoch used, before an epoch-wise step
+        self.schedule.after_epoch(value)
+        improved = _improved(value, state.best_score, run.higher_is_better)
+        if improved:
+            state.best_score, state.best_epoch = value, epoch
+        state.epoch = epoch
+        # Every process computes the same decision from the same broadcast score, so all stop together.
+        state.stopped_early = patience > 0 and epoch - state.best_epoch >= patience
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "valid_loss": valid_loss,
+            run.metric: value,
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+            "images_per_second": images_per_second,
+        }
+        state.history.append(row)
+        if self.main:
+            self._write_epoch(run, state, valid if improved else None)
+            self._say(_summary_line(row, epochs, run.metric, improved, state.stopped_early))
+            if run.on_epoch_end is not None:
+                run.on_epoch_end(epoch, dict(row))
+
+    def _seed_epoch(self, epoch: int, loader: DataLoader) -> None:
+        """Seed everything from (seed, epoch), so epoch k is the same whether or not the run was resumed."""
+        seed_everything(derive_seed(self.seed, epoch))
+        sampler = getattr(loader, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
+
+    def _interrupted_message(self, epoch: int, state: FitState, run: _Run) -> str:
+        where = (
+            f"{run.out_dir}/last.pt holds epoch {state.epoch}" if run.out_dir else "no out_dir, nothing saved"
+        )
+        return f"training interrupted in epoch {epoch}; {where}. Run it again with resume to carry on."
+
+    # -- one training epoch ------------------------------------------------------------------------------
+
+    def _train_epoch(self, loader: DataLoader, epoch: int, state: FitState) -> tuple[float, float]:
+        """Train on every batch of ``loader`` once; (mean loss over all processes, images per second)."""
+        self.network.train()
+        batches = len(loader)
+        window = _LossWindow()
+        started = time.perf_counter()
+        progress = self._progress(loader, f"epoch {epoch}")
+        for index, batch in enumerate(progress):
+            images = self._to_device(batch["image"])
+            target = self._to_device(batch["target"])
+            update = (index + 1) % self.accumulate == 0 or index + 1 == batches
+            with self._gradient_sync(update):
+                with self._autocast():
+                    loss = self.loss(self.network(images), target)
+                self._backward(loss, self._group_size(index, batches))
+            if update and self._optimizer_step(epoch, index):
+                state.step += 1
+                self._after_step(state.step)
+            window.add(loss.detach(), len(images))
+            if (index + 1) % SYNC_EVERY == 0 or index + 1 == batches:
+                self._check_losses(window.flush(), epoch, index, batches)
+                progress.set_postfix(
+                    loss=f"{window.mean:.4f}", img_s=f"{window.images / _since(started):,.0f}"
+                )
+        progress.close()
+        seconds = _since(started)
+        total, count, images = _distributed.sum_all([window.total, window.count, window.images], self.device)
+        return total / max(1, count), images / seconds
+
+    def _group_size(self, index: int, batches: int) -> int:
+        """Batches in ``index``'s accumulation group; the last group of an epoch may be shorter."""
+        start = index - index % self.accumulate
+        return min(self.accumulate, batches - start)
+
+    def _gradient_sync(self, update: bool) -> contextlib.AbstractContextManager:
+        # DDP would all-reduce gradients after every backward; between optimizer steps that is wasted.
+        if self._ddp is not None and not update:
+            return self._ddp.no_sync()
+        return contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor, group_size: int) -> None:
+        """Backpropagate ``loss``, averaged over the batches of its accumulation group."""
+        if group_size > 1:
+            loss = loss / group_size
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _optimizer_step(self, epoch: int, index: int) -> bool:
+        """Clip, step and zero the gradients; False when fp16's scaler skipped the step."""
+        if self.scaler is None:
+            self._clip_gradients()
+            self.optimizer.step()
+            taken = True
+        else:
+            scale = self.scaler.get_scale()
+            if self.clip_grad > 0:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            self._clip_gradients()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            taken = self.scaler.get_scale() >= scale  # the scale only shrinks on a skipped step
+            self._count_skips(taken, epoch, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        return taken
+
+    def _clip_gradients(self) -> None:
+        if self.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+
+    def _count_skips(self, taken: bool, epoch: int, index: int) -> None:
+        self._skipped_in_a_row = 0 if taken else self._skipped_in_a_row + 1
+        if self._skipped_in_a_row >= MAX_SKIPPED_STEPS:
+            raise CompkitError(
+                f"fp16's loss scaler skipped {self._skipped_in_a_row} steps in a row (epoch {epoch}, step "
+                f"{index + 1}): the gradients are not finite at any scale. Lower lr, set clip_grad, or use amp=bf16"
+            )
+
+    def _after_step(self, step: int) -> None:
+        self.schedule.after_step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=step)
+
+    def _check_losses(self, losses: torch.Tensor, epoch: int, last_index: int, batches: int) -> None:
+        """Stop on a non-finite loss (all processes together); fp16 leaves that to its scaler."""
+        bad = (~torch.isfinite(losses)).nonzero().flatten()
+        if self.scaler is not None or not _distributed.any_rank(len(bad) > 0, self.device):
+            return
+        if len(bad) == 0:
+            raise CompkitError(f"the training loss became non-finite on another process in epoch {epoch}")
+        step = last_index - len(losses) + int(bad[0]) + 2  # 1-based step within the epoch
+        raise CompkitError(
+            f"the training loss is {losses[bad[0]].item()} in epoch {epoch}, step {step} of {batches}. "
+            "Lower lr, set clip_grad, check the targets and the loss, or try amp=off"
+        )
+
+    # -- evaluation and prediction -----------------------------------------------------------------------
+
+    def _evaluate(self, loader: DataLoader) -> Predictions | None:
+        """Validation predictions of all processes on rank 0, float16; None elsewhere."""
+        shard = self._infer(loader, dtype=torch.float16, with_targets=True)
+        shards = _distributed.gather_to_main(shard)
+        return None if shards is None else _merge(shards)
+
+    def _score(self, valid: Predictions | None, run: _Run) -> tuple[float, float]:
+        """(score, valid loss), computed on rank 0 and broadcast so every process agrees."""
+        result = None
+        if valid is not None:
+            if run.valid_ids is not None and len(run.valid_ids) != len(valid.probabilities):
+                raise CompkitError(
+                    f"valid_ids has {len(run.valid_ids)} ids for {len(valid.probabilities)} validation samples"
+                )
+            # Scored on the float16 values that oof.npz keeps, so the file reproduces this score exactly.
+            value = float(run.score(valid.targets, valid.probabilities.astype(np.float32)))
+            result = (value, valid.loss_sum / max(1, valid.count))
+        return _distributed.broadcast(result)
+
+    def predict(self, loader: DataLoader, views: Sequence[Any] | None = None) -> np.ndarray:
+        """float32 probabilities of every sample of ``loader``, in dataset order, on every process.
+
+        Shape (N, C), or (N, H, W) for a one-channel dense output. ``views``: TTA views from
+        ``compkit.tta.views(mode)``, merged as probabilities. Uses the EMA weights when EMA is on.
+        """
+        shard = self._infer(loader, dtype=torch.float32, with_targets=False, views=views)
+        return _merge(_distributed.all_gather(shard)).probabilities
+
+    def _infer(
+        self,
+        loader: DataLoader,
+        *,
+        dtype: torch.dtype,
+        with_targets: bool,
+        views: Sequence[Any] | None = None,
+    ) -> Predictions:
+        """This process's probabilities (and targets and loss sum when ``with_targets``) over ``loader``."""
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
+        probabilities, targets, loss_sum, count = [], [], torch.zeros((), device=self.device), 0
+        with torch.inference_mode(), self._autocast():
+            for batch in self._progress(loader, "predict" if views else "valid"):
+                images = self._to_device(batch["image"])
+                if views:
+                    from compkit import tta
+
+                    output = tta.predict(lambda x: self._activate(model(x)), images, views)
+                else:
+                    logits = model(images)
+                    output = self._activate(logits)
+                if with_targets:
+                    target = self._to_device(batch["target"])
+                    if self.loss is not None and not views:
+                        loss_sum += self.loss(logits.float(), target).float() * len(images)
+                    targets.append(_squeeze(target.cpu().numpy()))
+                probabilities.append(_squeeze(output.to(dtype).cpu().numpy()))
+                count += len(images)
+        return Predictions(
+            probabilities=_concatenate(probabilities),
+            targets=_concatenate(targets) if with_targets else None,
+            indices=_shard_indices(loader),
+            loss_sum=float(loss_sum),
+            count=count,
+        )
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # softmax in bfloat16 would round the probabilities to 3 digits
+        if self.activation == "softmax":
+            return logits.softmax(dim=1)
+        if self.activation == "sigmoid":
+            return logits.sigmoid()
+        return logits
+
+    # -- small shared pieces -----------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.ndim == 4 and self.channels_last:
+            return tensor.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return tensor.to(self.device, non_blocking=True)
+
+    def _progress(self, loader: DataLoader, description: str) -> tqdm:
+        hidden = self.quiet or not sys.stderr.isatty()
+        return tqdm(loader, desc=description, leave=False, disable=hidden, dynamic_ncols=True, unit="batch")
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+
+    def _checkpoint(self, state: FitState, run: _Run, *, full: bool) -> dict[str, Any]:
+        """The checkpoint dict: weights and metadata; ``full`` adds what resuming needs."""
+        checkpoint = {
+            "format": 1,
+            "epoch": state.epoch,
+            "step": state.step,
+            "metric": run.metric,
+            "higher_is_better": run.higher_is_better,
+            "best_score": state.best_score,
+            "best_epoch": state.best_epoch,
+            "config": run.config,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+        }
+        if full:
+            checkpoint |= {
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "history": state.history,
+                "stopped_early": state.stopped_early,
+            }
+        return checkpoint
+
+    def load(self, path: str | os.PathLike, ema: bool = True) -> dict[str, Any]:
+        """Load weights from a best.pt/last.pt (the EMA weights when saved and ``ema``); returns the checkpoint."""
+        checkpoint = _read_checkpoint(Path(path))
+        weights = checkpoint["ema"] if ema and checkpoint.get("ema") is not None else checkpoint["model"]
+        self.model.load_state_dict(weights)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(weights)
+        return checkpoint
+
+    def _resume(self, run: _Run) -> FitState:
+        """Restore weights, optimizer, schedule, scaler, EMA and progress from out_dir/last.pt."""
+        path = run.out_dir / "last.pt"
+        if not path.exists():
+            self._note(f"{path} does not exist; starting from epoch 1")
+            return FitState()
+        checkpoint = _read_checkpoint(path)
+        self.model.load_state_dict(checkpoint["model"])
+        if self.ema is not None and checkpoint["ema"] is not None:
+            self.ema.module.load_state_dict(checkpoint["ema"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.schedule.load_state_dict(checkpoint["schedule"])
+        if self.scaler is not None and checkpoint["scaler"] is not None:
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        changed = sorted(key for key in run.config if checkpoint["config"].get(key) != run.config[key])
+        if changed:
+            self._note(
+                f"resuming with a changed config ({', '.join(changed)}); the run will not repeat exactly"
+            )
+        self._say(f"resuming after epoch {checkpoint['epoch']} from {path}")
+        return FitState(
+            epoch=checkpoint["epoch"],
+            step=checkpoint["step"],
+            best_score=checkpoint["best_score"],
+            best_epoch=checkpoint["best_epoch"],
+            history=list(checkpoint["history"]),
+            stopped_early=checkpoint["stopped_early"],
+        )
+
+    def _write_epoch(self, run: _Run, state: FitState, best: Predictions | None) -> None:
+        """Write this epoch's files; last.pt goes last, so a crash never leaves it ahead of the others."""
+        if run.out_dir is None:
+            return
+        if best is not None:
+            _io.torch_save(self._checkpoint(state, run, full=False), run.out_dir / "best.pt")
+            _write_oof(run.out_dir / "oof.npz", best, run.valid_ids)
+        _io.write_csv(run.out_dir / "metrics.csv", _frame(state.history))
+        _write_curves(run.out_dir / "curves.png", state.history, run.metric)
+        _io.torch_save(self._checkpoint(state, run, full=True), run.out_dir / "last.pt")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers without Engine state
+
+
+@dataclass
+class _Run:
+    """What fit() was asked for; constant through the run."""
+
+    metric: str
+    higher_is_better: bool
+    out_dir: Path | None
+    config: dict[str, Any]
+    valid_ids: Sequence[str] | None
+    score: Callable[[np.ndarray, np.ndarray], float]
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None
+
+    def __post_init__(self) -> None:
+        self.out_dir = None if self.out_dir is None else Path(self.out_dir)
+
+
+class _LossWindow:
+    """Batch losses kept on the device until ``flush`` reads them all back in one synchronisation."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[torch.Tensor, int]] = []
+        self.total = 0.0  # sum of finite batch losses, times batch size
+        self.count = 0  # images behind ``total``
+        self.images = 0  # all images seen
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.pending.append((loss, images))
+        self.images += images
+
+    def flush(self) -> torch.Tensor:
+        """float32 (B,): the pending batch losses, now on the CPU; the finite ones join the mean."""
+        losses = torch.stack([loss.float() for loss, _ in self.pending]).cpu()
+        sizes = torch.tensor([images for _, images in self.pending], dtype=torch.float32)
+        finite = torch.isfinite(losses)
+        self.total += float((losses[finite] * sizes[finite]).sum())
+        self.count += int(sizes[finite].sum())
+        self.pending.clear()
+        return losses
+
+    @property
+    def mean(self) -> float:
+        return self.total / max(1, self.count)
+
+
+def _since(started: float) -> float:
+    return max(time.perf_counter() - started, 1e-9)
+
+
+def _improved(value: float, best: float | None, higher_is_better: bool) -> bool:
+    """Is ``value`` better than ``best``? A NaN score never beats a real one."""
+    if math.isnan(value):
+        return best is None
+    if best is None or math.isnan(best):
+        return True
+    return value > best if higher_is_better else value < best
+
+
+def _squeeze(array: np.ndarray) -> np.ndarray:
+    """(N, 1, H, W) -> (N, H, W); every other shape as is."""
+    return array[:, 0] if array.ndim == 4 and array.shape[1] == 1 else array
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros((0,), dtype=np.float32)
+
+
+def _shard_indices(loader: DataLoader) -> np.ndarray | None:
+    """Dataset indices behind this process's predictions, when the loader shards them."""
+    sampler = getattr(loader, "sampler", None)
+    return sampler.indices() if isinstance(sampler, EpochSampler) and sampler.sharded else None
+
+
+def _merge(shards: list[Predictions]) -> Predictions:
+    """All processes' predictions, back in dataset order (each sample exactly once)."""
+    if len(shards) == 1 or shards[0].indices is None:
+        return shards[0]  # not sharded: every process predicted everything
+    order = np.argsort(np.concatenate([shard.indices for shard in shards]), kind="stable")
+    targets = None
+    if shards[0].targets is not None:
+        targets = np.concatenate([shard.targets for shard in shards])[order]
+    return Predictions(
+        probabilities=np.concatenate([shard.probabilities for shard in shards])[order],
+        targets=targets,
+        loss_sum=sum(shard.loss_sum for shard in shards),
+        count=sum(shard.count for shard in shards),
+    )
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CompkitError(f"no checkpoint at {path}; train first (it writes best.pt and last.pt)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise CompkitError(f"{path} is not a compkit checkpoint (no 'model' weights in it)")
+    return checkpoint
+
+
+def _frame(history: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(history)
+
+
+def _write_oof(path: Path, predictions: Predictions, valid_ids: Sequence[str] | None) -> None:
+    """oof.npz: ids (str), probabilities (float16), targets (float16 if floating, else as is)."""
+    count = len(predictions.probabilities)
+    ids = np.asarray(valid_ids if valid_ids is not None else range(count)).astype(str)
+    targets = predictions.targets
+    if np.issubdtype(targets.dtype, np.floating):
+        targets = targets.astype(np.float16)  # masks and soft labels; halves a segmentation fold's file
+    with _io.atomic_open(path, "wb") as handle:  # a file object: np.savez would append .npz to a path
+        np.savez(handle, ids=ids, probabilities=predictions.probabilities, targets=targets)
+
+
+def _write_curves(path: Path, history: list[dict[str, Any]], metric: str) -> None:
+    """curves.png: train/valid loss and the metric per epoch."""
+    # The object API with an Agg canvas leaves pyplot's global backend (e.g. a notebook's) alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    losses, scores = figure.subplots(1, 2)
+    losses.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
+    losses.plot(epochs, [row["valid_loss"] for row in history], marker="o", label="valid")
+    losses.set(xlabel="epoch", ylabel="loss", title="loss")
+    losses.legend()
+    scores.plot(epochs, [row[metric] for row in history], marker="o", color="tab:green")
+    scores.set(xlabel="epoch", ylabel=metric, title=f"valid {metric}")
+    with _io.atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=80)
+
+
+def _summary_line(row: dict[str, Any], epochs: int, metric: str, improved: bool, stopping: bool) -> str:
+    line = (
+        f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  valid_loss {row['valid_loss']:.4f}  "
+        f"{metric} {row[metric]:.5f}{' *' if improved else '  '}  lr {row['lr']:.2e}  "
+        f"{row['images_per_second']:,.0f} img/s  {row['seconds']:.1f}s"
+    )
+    return line + ("  (early stop)" if stopping else "")
