@@ -11,6 +11,7 @@ import pandas as pd
 from compkit import engine, optim, registry
 from compkit.competition import Competition
 from compkit.config import Config
+from compkit.errors import CompkitError
 
 
 def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask: np.ndarray, root: Path,
@@ -40,9 +41,29 @@ def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask:
 def loader(comp: Competition, table: pd.DataFrame, root: Path, stage: str, config: Config, **options: Any) -> Any:
     """A DataLoader over ``comp.dataset`` for ``stage``, seeded and sized from the config."""
     dataset = comp.dataset(table, root, stage, config)
+    device = options.get("device") or config.device
+    if config.gpu_data and stage == "train":
+        return device_loader(comp, dataset, config, device)
     return engine.make_loader(dataset, batch_size=options.get("batch_size") or config.batch_size,
                               train=stage == "train", num_workers=config.num_workers, seed=config.seed,
-                              device=options.get("device") or config.device)
+                              device=device)
+
+
+def device_loader(comp: Competition, dataset: Any, config: Config, device: str) -> Any:
+    """The training set on the device as uint8, cropped and flipped there (``gpu_data``).
+
+    It replaces the competition's train transforms with the small-image recipe: random crop
+    with 4 px padding and a horizontal flip.
+    """
+    from compkit.datasets import ArrayDataset
+    from compkit.gpu_data import DeviceLoader
+
+    if not isinstance(dataset, ArrayDataset) or dataset.targets is None:
+        raise CompkitError(f"gpu_data needs the images in memory (an ArrayDataset); {comp.name}'s training "
+                           f"dataset is a {type(dataset).__name__}: use --set gpu_data=false")
+    return DeviceLoader(dataset.images, dataset.targets, batch_size=config.batch_size, mean=comp.mean,
+                        std=comp.std, device=engine.resolve_device(device), size=config.image_size,
+                        seed=config.seed)
 
 
 def make_engine(comp: Competition, config: Config, model: Any, loss: Any = None, optimizer: Any = None,
