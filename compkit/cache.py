@@ -69,7 +69,6 @@ def resized_images(paths: Sequence[Path], size: int, cache_dir: Path, *, channel
                 bar.update()
             bar.close()
         array.flush()
-        del array
     for stale in Path(cache_dir).glob(f"{name}-{size}-*.npy"):  # other sizes stay usable
         if stale != target:
             stale.unlink(missing_ok=True)

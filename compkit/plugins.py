@@ -112,7 +112,7 @@ def manager() -> Manager:
 
 def load() -> Manager:
     """Build a manager with the core's builtins and every allowed installed plugin."""
-    from compkit import builtins, __version__
+    from compkit import __version__, builtins
 
     manager = Manager()
     manager.add(BUILTIN, builtins, "compkit", __version__)

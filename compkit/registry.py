@@ -9,8 +9,8 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from compkit.errors import CompkitError
 from compkit import plugins
+from compkit.errors import CompkitError
 from compkit.plugins import Manager
 
 if TYPE_CHECKING:
