@@ -100,7 +100,8 @@ def folds(name: str, n_folds: int, seed: int, force: bool, data_dir: str | None)
 @cli.command()
 @click.argument("name")
 @click.option("--fold", type=int, default=0, show_default=True, help="The fold to validate on.")
-@click.option("--run", help="Run id (default: a new timestamp; with --resume: latest).")
+@click.option("--run", envvar="COMPKIT_RUN",
+              help="Run id (default: a new timestamp; with --resume: latest; env COMPKIT_RUN).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from fold<K>/last.pt.")
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
               help="Recipe TOML (default competitions/NAME.toml if present).")
@@ -123,6 +124,7 @@ def train(name: str, fold: int, run: str | None, resume: bool, recipe: Path | No
       compkit train siim --fold 0 --epochs 20 --set amp=fp16
       compkit train siim --fold 0 --resume
       torchrun --nproc_per_node 2 -m compkit train siim --fold 0   # several GPUs
+      COMPKIT_RUN=r1 torchrun --nproc_per_node 2 -m compkit train siim --fold 1
     """
     from compkit import pipeline
     from compkit.config import parse_sets

@@ -100,14 +100,20 @@ def _data_root(comp: Competition, where: Places) -> Path:
 
 
 def _fold_table(comp: Competition, root: Path, config: Config) -> tuple[Any, Any]:
-    """The train table and each row's fold, making folds.csv first if it is missing."""
+    """The train table and each row's fold, making folds.csv first if it is missing.
+
+    Under torchrun every process computes the same split from the seed; only rank 0 writes it.
+    """
     table = comp.train_table(root)
-    if not (root / folds.FILE_NAME).is_file():
+    if (root / folds.FILE_NAME).is_file():
+        split = folds.read(root)
+    else:
         split = folds.split(table, id_column=comp.id_column, n_folds=config.n_folds, seed=config.seed,
                             stratify=comp.stratify, group=comp.group)
-        folds.write(root, split)
-        echo(f"made {root / folds.FILE_NAME} ({config.n_folds} folds, seed {config.seed})")
-    return table, folds.assignments(table, folds.read(root), comp.id_column)
+        if _rank() == 0:
+            folds.write(root, split)
+            echo(f"made {root / folds.FILE_NAME} ({config.n_folds} folds, seed {config.seed})")
+    return table, folds.assignments(table, split, comp.id_column)
 
 
 # -- train ------------------------------------------------------------------------------------
@@ -134,7 +140,7 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
         config = config.replace(**(overrides or {}))
     else:
         config = recipe(comp, recipe_path, overrides or {})
-        run = run or places.new_run_id()
+        run = run or places.agreed_run_id(runs_root, _rank(), int(os.environ.get("WORLD_SIZE", "1")))
     table, assignment = _fold_table(comp, root, config)
     n_folds = int(assignment.max()) + 1
     if not 0 <= fold < n_folds:

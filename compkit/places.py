@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import time
 from pathlib import Path
 
+from compkit import _io
 from compkit.errors import CompkitError
 
 LATEST = "latest"
@@ -46,6 +48,27 @@ class Places:
 def new_run_id() -> str:
     """A timestamped run id, sortable by time."""
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def agreed_run_id(runs_root: Path, rank: int, world_size: int, timeout: float = 300.0) -> str:
+    """A new run id that every torchrun process agrees on: rank 0 picks it, the others read it.
+
+    Each process stamping its own clock could straddle a second and split one run in two.
+    """
+    if world_size <= 1:
+        return new_run_id()
+    marker = runs_root / f".run-{os.environ.get('TORCHELASTIC_RUN_ID', 'default')}"
+    if rank == 0:
+        run = new_run_id()
+        runs_root.mkdir(parents=True, exist_ok=True)
+        _io.write_text(marker, run)
+        return run
+    deadline = time.monotonic() + timeout
+    while not marker.is_file():
+        if time.monotonic() > deadline:
+            raise CompkitError(f"rank {rank} waited {timeout:.0f}s for rank 0 to name the run ({marker})")
+        time.sleep(0.1)
+    return marker.read_text(encoding="utf-8").strip()
 
 
 def point_latest(runs_root: Path, run: str) -> None:

@@ -1,0 +1,137 @@
+"""The verbs end to end on the digits demo: places, runs, config checks, submit options, torchrun, upload."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from compkit.cli import cli
+
+FAST = ["--epochs", "1", "--batch-size", "64", "--device", "cpu", "--set", "num_workers=0", "--quiet",
+        "--set", "model=timm/resnet10t"]
+
+
+def invoke(*args, env=None):
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A working directory with the digits demo downloaded and one fold trained as run 'one'."""
+    work = tmp_path_factory.mktemp("work")
+    env = {"COMPKIT_DATA_DIR": str(work / "d"), "COMPKIT_RUNS_DIR": str(work / "r"),
+           "COMPKIT_SUBMISSIONS_DIR": str(work / "s")}
+    assert invoke("download", "digits", "--demo", env=env).exit_code == 0
+    result = invoke("train", "digits", "--fold", "0", "--run", "one", *FAST, env=env)
+    assert result.exit_code == 0, result.output
+    return work, env
+
+
+def test_places_come_from_environment_variables(work):
+    work, _ = work
+    assert (work / "d" / "digits" / "train.csv").is_file()
+    assert (work / "d" / "digits" / "folds.csv").is_file()  # train made the folds it needed
+    fold = work / "r" / "digits" / "one" / "fold0"
+    assert {p.name for p in fold.iterdir()} >= {"best.pt", "last.pt", "metrics.csv", "oof.npz", "curves.png"}
+    assert os.readlink(work / "r" / "digits" / "latest") == "one"
+
+
+def test_the_resolved_config_is_printed_and_saved(work):
+    work, env = work
+    result = invoke("train", "digits", "--fold", "1", "--run", "two", *FAST, "--lr", "0.01", env=env)
+    assert "lr=0.01" in result.output and "epochs=1" in result.output
+    saved = json.loads((work / "r" / "digits" / "two" / "config.json").read_text())
+    assert saved["lr"] == 0.01 and saved["model"] == "timm/resnet10t"
+
+
+def test_a_run_refuses_a_fold_with_a_different_recipe(work):
+    _, env = work
+    result = invoke("train", "digits", "--fold", "1", "--run", "one", *FAST, "--lr", "0.5", env=env)
+    assert result.exit_code == 1 and "run one was made with a different config (lr:" in result.output
+
+
+def test_bad_flags_name_the_problem(work):
+    _, env = work
+    result = invoke("train", "digits", "--set", "lrr=1", env=env)
+    assert result.exit_code == 1 and "unknown config key 'lrr'" in result.output and "valid keys" in result.output
+    result = invoke("train", "digits", "--fold", "9", *FAST, env=env)
+    assert result.exit_code == 1 and "fold 9 does not exist" in result.output
+    result = invoke("submit", "digits", "--run", "nope", env=env)
+    assert result.exit_code == 1 and "no run 'nope'" in result.output
+
+
+def test_submit_writes_a_checked_file_and_a_sidecar(work):
+    work, env = work
+    result = invoke("submit", "digits", "--run", "one", "--folds", "0", "--tta", "hflip", "--device", "cpu", env=env)
+    assert result.exit_code == 0, result.output
+    assert "CV accuracy:" in result.output
+    (path,) = (work / "s" / "digits").glob("*.csv")
+    frame = pd.read_csv(path)
+    sample = pd.read_csv(work / "d" / "digits" / "sample_submission.csv")
+    assert list(frame.columns) == list(sample.columns) and frame["ImageId"].equals(sample["ImageId"])
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["run"] == "one" and sidecar["folds"] == [0] and sidecar["tta"] == "hflip"
+    assert 0 <= sidecar["cv_score"] <= 1 and sidecar["code_version"]["compkit-digits"] == "0.1.0"
+    result = invoke("submit", "digits", "--run", "one", "--folds", "3", env=env)
+    assert result.exit_code == 1 and "have no best.pt; trained folds: [0]" in result.output
+
+
+def test_folds_refuses_a_different_split_without_force(work):
+    _, env = work
+    result = invoke("folds", "digits", "--n-folds", "3", env=env)
+    assert result.exit_code == 1 and "--force" in result.output
+    assert invoke("folds", "digits", "--n-folds", "5", "--seed", "42", env=env).exit_code == 0  # same split
+
+
+def test_demo_does_not_overwrite_real_data_without_force(tmp_path):
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "train.csv").write_text("label\n")
+    result = invoke("download", "digits", "--demo", "--data-dir", str(tmp_path))
+    assert result.exit_code == 1 and "already holds data" in result.output
+    assert (tmp_path / "digits" / "train.csv").read_text() == "label\n"
+
+
+def test_upload_goes_through_the_kaggle_client(work, monkeypatch, tmp_path):
+    from tests.fake_kaggle import FakeKaggle, point_client_at
+
+    work, env = work
+    fake = FakeKaggle(competitions={"digit-recognizer": {}}).start()
+    try:
+        point_client_at(monkeypatch, fake, tmp_path)
+        result = invoke("submit", "digits", "--run", "one", "--upload", "--message", "demo", "--device", "cpu",
+                        env=env)
+    finally:
+        fake.stop()
+    assert result.exit_code == 0, result.output
+    written = sorted((work / "s" / "digits").glob("*.csv"))[-1]
+    assert list(fake.uploads.values()) == [written.read_bytes()]  # the bytes Kaggle got are the file's
+    assert fake.created[-1]["submissionDescription"] == "demo"
+    assert "uploaded: Successfully submitted" in result.output
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_two_processes(work, tmp_path):
+    _, env = work
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+               "-m", "compkit", "train", "digits", "--fold", "2", *FAST, "--runs-dir", str(tmp_path)]
+    # torchrun's parser would take --run for its own --run-path: name the run through the environment
+    environment = {**os.environ, **env, "OMP_NUM_THREADS": "1", "COMPKIT_RUN": "ddp"}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    metrics = pd.read_csv(tmp_path / "digits" / "ddp" / "fold2" / "metrics.csv")
+    assert len(metrics) == 1  # written once, by rank 0
+    oof = __import__("numpy").load(tmp_path / "digits" / "ddp" / "fold2" / "oof.npz")
+    assert len(set(oof["ids"])) == len(oof["ids"]) == 288  # each validation sample exactly once
+
+
+def test_torchrun_processes_agree_on_a_new_run_id(tmp_path, monkeypatch):
+    from compkit import places
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    chosen = places.agreed_run_id(tmp_path, rank=0, world_size=2)
+    assert places.agreed_run_id(tmp_path, rank=1, world_size=2) == chosen
