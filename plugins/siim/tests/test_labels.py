@@ -1,0 +1,71 @@
+"""The organisers' mask file: header quirks, -1 rows, several regions per image merged into one mask."""
+
+import numpy as np
+import pytest
+from compkit_siim.labels import merge_regions, read_labels, regions_by_image
+
+from compkit import rle
+from compkit.errors import CompkitError
+
+SHAPE = (12, 10)
+
+
+def region(rows, columns):
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[rows, columns] = 1
+    return mask
+
+
+def write(path, header, rows, separator):
+    lines = [header] + [f"{image_id}{separator}{value}" for image_id, value in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("header", "separator"),
+    [
+        ("ImageId, EncodedPixels", ", "),  # train-rle.csv
+        ("ImageId,EncodedPixels", ","),  # stage_2_train.csv
+    ],
+)
+def test_several_rows_merge_into_one_mask_and_minus_one_is_empty(tmp_path, header, separator):
+    upper = region(slice(0, 3), slice(0, 4))
+    lower = region(slice(8, 12), slice(6, 10))  # ends on the last pixel
+    rows = [
+        ("a", rle.encode(upper, relative=True)),
+        ("b", "-1"),
+        ("a", rle.encode(lower, relative=True)),
+        ("c", "-1"),
+    ]
+    labels = read_labels(write(tmp_path / "labels.csv", header, rows, separator))
+    assert list(labels.columns) == ["ImageId", "EncodedPixels"]
+    assert labels["EncodedPixels"][1] == "-1"  # the leading space is gone
+    regions = regions_by_image(labels)
+    assert list(regions) == ["a", "b", "c"] and regions["b"] == [] and len(regions["a"]) == 2
+    merged = merge_regions(regions["a"], SHAPE)
+    assert merged.dtype == np.uint8 and np.array_equal(merged, upper | lower)
+    assert not merge_regions(regions["b"], SHAPE).any()
+
+
+def test_overlapping_regions_stay_zero_one():
+    first, second = region(slice(0, 6), slice(0, 6)), region(slice(3, 9), slice(3, 9))
+    merged = merge_regions([rle.encode(first, relative=True), rle.encode(second, relative=True)], SHAPE)
+    assert set(np.unique(merged)) == {0, 1} and merged.sum() == (first | second).sum()
+
+
+def test_organisers_example_decodes_to_the_documented_runs():
+    # From the facts: runs at column-major offsets 10 (2 long), 13 (1) and 24 (2) encode as "10 2 1 1 10 2".
+    mask = merge_regions([" 10 2 1 1 10 2"], (8, 4))
+    assert np.flatnonzero(mask.ravel(order="F")).tolist() == [10, 11, 13, 24, 25]
+
+
+def test_a_file_with_another_header_is_refused_by_name(tmp_path):
+    path = write(tmp_path / "labels.csv", "id,rle", [("a", "-1")], ",")
+    with pytest.raises(CompkitError, match="labels.csv.*ImageId, EncodedPixels"):
+        read_labels(path)
+
+
+def test_a_missing_file_says_how_to_get_it(tmp_path):
+    with pytest.raises(CompkitError, match="compkit download siim"):
+        read_labels(tmp_path / "train-rle.csv")
