@@ -31,7 +31,7 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
     params = None
     if comp.task == "segmentation":
         chosen = search_sample(len(cv["targets"]), config.seed)
-        params = postprocess.search(cv["probabilities"][chosen], cv["targets"][chosen])
+        params = postprocess.search(cv["probabilities"][chosen], cv["targets"][chosen], triple=comp.triple_threshold)
         _io.write_text(run_dir / "postprocess.json", json.dumps(params, indent=2) + "\n")
         echo(f"post-processing chosen on out-of-fold predictions: {params}")
     test_table = comp.test_table(root)

@@ -42,6 +42,8 @@ class Competition:
     group: ClassVar[str | None] = None  # samples sharing this column's value stay in one fold
     label_column: ClassVar[str] = "label"  # the submission's column for a predicted class name
     sample_submission: ClassVar[str | None] = "sample_submission.csv"  # relative to the data root
+    # segmentation: also search the SIIM winners' rule (empty unless enough confident pixels)
+    triple_threshold: ClassVar[bool] = False
     in_channels: ClassVar[int] = 3
     mean: ClassVar[tuple[float, ...]] = IMAGENET_MEAN
     std: ClassVar[tuple[float, ...]] = IMAGENET_STD

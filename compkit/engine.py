@@ -421,7 +421,11 @@ class Engine:
         value, valid_loss = self._score(valid, run)
         lr = self.optimizer.param_groups[0]["lr"]  # the lr this epoch used, before an epoch-wise step
         self.schedule.after_epoch(value)
-        improved = _improved(value, state.best_score, run.higher_is_better)
+        # A saturated metric (AUC 1.0 on a small fold) would keep the earliest, underfit epoch:
+        # on a tie the lower validation loss wins.
+        improved = _improved(value, state.best_score, run.higher_is_better) or (
+            value == state.best_score and valid_loss < _best_loss(state)
+        )
         if improved:
             state.best_score, state.best_epoch = value, epoch
         state.epoch = epoch
@@ -772,6 +776,12 @@ class _LossWindow:
 
 def _since(started: float) -> float:
     return max(time.perf_counter() - started, 1e-9)
+
+
+def _best_loss(state: FitState) -> float:
+    """The validation loss of the best epoch so far (inf when there is none)."""
+    rows = [row for row in state.history if row["epoch"] == state.best_epoch]
+    return rows[0]["valid_loss"] if rows else math.inf
 
 
 def _improved(value: float, best: float | None, higher_is_better: bool) -> bool:

@@ -123,7 +123,8 @@ def test_classification_fit_writes_every_file(tmp_path):
     ]
     assert metrics["epoch"].tolist() == [1, 2]
     assert result["best_score"] == metrics["accuracy"].max()
-    assert result["best_epoch"] == int(metrics["epoch"][metrics["accuracy"].idxmax()])
+    best = metrics[metrics["accuracy"] == metrics["accuracy"].max()]  # ties go to the lower valid loss
+    assert result["best_epoch"] == int(best["epoch"][best["valid_loss"].idxmin()])
     oof = np.load(tmp_path / "oof.npz")
     assert oof["ids"].tolist() == ids
     assert oof["probabilities"].dtype == np.float16 and oof["probabilities"].shape == (11, CLASSES)
@@ -401,3 +402,13 @@ def test_cuda_mixed_precision_channels_last_fit(tmp_path, amp):
     last = torch.load(tmp_path / "last.pt", weights_only=True)
     assert (last["scaler"] is not None) == (amp == "fp16")
     assert trainer.predict(valid).dtype == np.float32
+
+
+def test_a_tied_score_keeps_the_epoch_with_the_lower_validation_loss(tmp_path):
+    train, valid = loaders()
+    result = build(epochs=4, steps=6).fit(
+        train, valid, epochs=4, score=lambda targets, probabilities: 1.0, metric="auc", out_dir=tmp_path
+    )
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert metrics["auc"].nunique() == 1  # the score never moves
+    assert result["best_epoch"] == int(metrics["epoch"][metrics["valid_loss"].idxmin()])

@@ -25,6 +25,7 @@ class Siim(Competition):
     id_column = "ImageId"
     stratify = "has_mask"
     sample_submission = "sample_submission.csv"
+    triple_threshold = True  # the 1st place's rule: empty unless enough pixels pass a high threshold
     in_channels = 1
     mean, std = GRAY_MEAN, GRAY_STD
     targets = "mask"  # what a dataset item carries as its target: the merged mask, or "has_mask"
