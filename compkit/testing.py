@@ -34,19 +34,22 @@ class CompetitionContract:
     overrides: dict[str, Any] = {}  # noqa: RUF012 - read-only in subclasses
 
     @pytest.fixture(scope="class")
-    def competition(self) -> Competition:
-        return registry.get().competition(self.name)
+    @classmethod
+    def competition(cls) -> Competition:
+        return registry.get().competition(cls.name)
 
     @pytest.fixture(scope="class")
-    def root(self, competition: Competition, tmp_path_factory: pytest.TempPathFactory) -> Path:
-        root = tmp_path_factory.mktemp(f"{self.name}-demo")
+    @classmethod
+    def root(cls, competition: Competition, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        root = tmp_path_factory.mktemp(f"{cls.name}-demo")
         competition.make_demo(root, 0)
         return root
 
     @pytest.fixture(scope="class")
-    def config(self, competition: Competition) -> Config:
-        return competition.defaults.replace(image_size=self.image_size, pretrained=False, batch_size=4,
-                                            num_workers=0, device="cpu", **self.overrides)
+    @classmethod
+    def config(cls, competition: Competition) -> Config:
+        return competition.defaults.replace(image_size=cls.image_size, pretrained=False, batch_size=4,
+                                            num_workers=0, device="cpu", **cls.overrides)
 
     def test_registered_under_its_name(self, competition: Competition) -> None:
         assert competition.name == self.name
