@@ -3,6 +3,7 @@
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,20 @@ def test_the_readme_plugin_installs_from_its_folder_and_runs_end_to_end(tmp_path
     frame = pd.read_csv(written)
     assert list(frame.columns) == ["id", "label"] and len(frame) == 4
     assert set(frame["label"]) <= {"daisy", "dandelion", "rose", "sunflower", "tulip"}
+
+
+@pytest.mark.slow
+def test_the_main_job_line_runs_as_written(tmp_path):
+    """The README's one-line main job, verbatim, in a fresh working directory."""
+    (line,) = re.findall(r"^`(compkit download siim --demo && .+)`$", README, re.M)
+    repository = Path(__file__).parents[1]
+    shutil.copytree(repository / "competitions", tmp_path / "competitions")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, env=env,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (written,) = (tmp_path / "submissions" / "siim").glob("*.csv")
+    frame = pd.read_csv(written)
+    sample = pd.read_csv(tmp_path / "data" / "siim" / "sample_submission.csv")
+    assert list(frame.columns) == list(sample.columns) and frame.iloc[:, 0].equals(sample.iloc[:, 0])
+    assert "CV dice:" in result.stdout
