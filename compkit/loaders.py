@@ -1,0 +1,173 @@
+"""Data loading for the Engine: per-epoch, per-sample seeding and DDP-aware samplers.
+
+A sample's augmentation depends only on (seed, epoch, index), never on worker count or history,
+so a resumed run replays an epoch exactly and validation shards are never padded.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from compkit import _distributed
+from compkit.errors import CompkitError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*values: int) -> int:
+    """A well-mixed 32-bit seed from integers such as (seed, epoch); numpy's legacy seeding needs < 2**32."""
+    return int(np.random.SeedSequence([value % 2**64 for value in values]).generate_state(1)[0])
+
+
+class EpochSampler(Sampler):
+    """This process's sample indices for one epoch, yielded as ``(index, sample_seed)`` pairs.
+
+    Order and seeds are functions of (seed, epoch) only, never of worker count or history, so a
+    resumed run replays an epoch exactly. ``shuffle``: a new permutation each epoch, cut to an equal
+    share per process (a tail that does not divide evenly is dropped) so every process runs the same
+    number of batches. Otherwise: in order, every ``world_size``-th index from ``rank``, unpadded, so
+    each sample is predicted exactly once; ``indices()`` tells the Engine how to put shards back.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def sharded(self) -> bool:
+        return self.world_size > 1
+
+    def indices(self) -> np.ndarray:
+        """int64 (M,): the dataset indices this process visits this epoch, in order."""
+        if not self.shuffle:
+            return np.arange(self.rank, self.size, self.world_size)
+        order = np.random.default_rng([self.seed % 2**64, self.epoch, 0]).permutation(self.size)
+        share = self.size // self.world_size
+        return order[self.rank : share * self.world_size : self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seeds = np.random.SeedSequence([self.seed % 2**64, self.epoch, 1]).generate_state(self.size)
+        for index in self.indices().tolist():
+            yield index, int(seeds[index])
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self.size // self.world_size
+        return len(range(self.rank, self.size, self.world_size))
+
+
+def _seed_sample(dataset: Dataset, seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+    # albumentations >= 2 keeps its own generators, drawn from OS entropy unless Compose(seed=...),
+    # so global seeding alone does not repeat augmentations: reseed a dataset's Compose too.
+    for owner in (dataset, getattr(dataset, "transforms", None), getattr(dataset, "transform", None)):
+        if callable(getattr(owner, "set_random_state", None)):  # albumentations' cheap path
+            owner.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            return
+        if callable(getattr(owner, "set_random_seed", None)):
+            owner.set_random_seed(seed)
+            return
+
+
+class SeededDataset(Dataset):
+    """Wraps ``dataset`` so each sample is drawn under its own seed from ``EpochSampler``.
+
+    The same sample then gets the same augmentation whichever worker loads it, and with persistent
+    workers too. Keys may also be plain indices (no reseeding).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, seed = key
+        if get_worker_info() is not None:
+            _seed_sample(self.dataset, seed)
+            return self.dataset[index]
+        # Loading in the main process (num_workers=0): leave the model's torch stream (dropout) as it
+        # was, so a run gives the same weights whatever num_workers is.
+        state = torch.get_rng_state()
+        try:
+            _seed_sample(self.dataset, seed)
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(state)
+
+
+def default_workers() -> int:
+    """DataLoader workers per process: this process's share of the usable cores, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // _distributed.local_world_size()))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """A torch.device from "auto" | "cpu" | "cuda" | "cuda:N"; under torchrun "auto"/"cuda" is cuda:LOCAL_RANK."""
+    name = str(device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CompkitError(
+            f"device {name!r} was asked for but torch sees no CUDA device; use device=auto or cpu"
+        )
+    if name == "cuda":
+        return torch.device("cuda", _distributed.local_rank())
+    return torch.device(name)
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    train: bool,
+    num_workers: int = -1,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+) -> DataLoader:
+    """A DataLoader of dict batches; shuffled and without a short last batch when ``train``.
+
+    Under torchrun each process gets its share (see ``EpochSampler``). ``num_workers=-1`` picks
+    ``default_workers()``. On CUDA, memory is pinned and workers persist between epochs.
+    """
+    sampler = EpochSampler(
+        len(dataset),
+        shuffle=train,
+        seed=seed,
+        rank=_distributed.rank(),
+        world_size=_distributed.world_size(),
+    )
+    workers = default_workers() if num_workers < 0 else num_workers
+    on_cuda = resolve_device(device).type == "cuda"
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=workers,
+        pin_memory=on_cuda,
+        persistent_workers=on_cuda and workers > 0,
+        # Workers' base seed comes from here instead of the global stream; samples are reseeded anyway.
+        generator=torch.Generator().manual_seed(seed),
+    )
