@@ -4,12 +4,12 @@ import pickle
 
 import numpy as np
 import pytest
+
+from compkit.config import Config
 from compkit_siim import Siim, SiimClassification, layout
 from compkit_siim.dataset import CACHE, MaskReader, build, resize_mask
 from compkit_siim.demo import write_demo
 from compkit_siim.labels import merge_regions, read_labels, regions_by_image
-
-from compkit.config import Config
 
 SIZE = 32
 

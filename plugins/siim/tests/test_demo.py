@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from compkit_siim import demo, layout
-from compkit_siim.labels import merge_regions, read_labels, regions_by_image
 
 from compkit import rle
+from compkit_siim import demo, layout
+from compkit_siim.labels import merge_regions, read_labels, regions_by_image
 
 
 @pytest.fixture(scope="module")

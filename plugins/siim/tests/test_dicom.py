@@ -3,9 +3,9 @@
 import numpy as np
 import pydicom
 import pytest
-from compkit_siim.dicom import dicom_size, read_dicom, write_dicom
 
 from compkit.errors import CompkitError
+from compkit_siim.dicom import dicom_size, read_dicom, write_dicom
 
 
 def gradient(height=48, width=40):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from compkit_siim import Siim, layout
-from compkit_siim.demo import TEST_TRUTH, write_demo
 
 import compkit
 from compkit.errors import CompkitError
+from compkit_siim import Siim, layout
+from compkit_siim.demo import TEST_TRUTH, write_demo
 
 
 def load_fake_kaggle():

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from compkit_siim.labels import merge_regions, read_labels, regions_by_image
 
 from compkit import rle
 from compkit.errors import CompkitError
+from compkit_siim.labels import merge_regions, read_labels, regions_by_image
 
 SHAPE = (12, 10)
 

@@ -3,11 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+
+from compkit.errors import CompkitError
 from compkit_siim import layout
 from compkit_siim.demo import write_mask_file
 from compkit_siim.dicom import write_dicom
-
-from compkit.errors import CompkitError
 
 
 def add_image(root, folder, image_id, shape=(20, 24)):

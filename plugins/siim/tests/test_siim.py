@@ -3,11 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
-from compkit_siim.demo import TEST_TRUTH
-from compkit_siim.labels import merge_regions, read_labels, regions_by_image
 
 from compkit import metrics, rle, submission
 from compkit.testing import CompetitionContract, end_to_end
+from compkit_siim.demo import TEST_TRUTH
+from compkit_siim.labels import merge_regions, read_labels, regions_by_image
 
 
 class TestSiim(CompetitionContract):

@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from compkit_siim.submit import derived_sample, mask_frame, probability_frame, to_original_size
 
 from compkit import rle
 from compkit.errors import CompkitError
+from compkit_siim.submit import derived_sample, mask_frame, probability_frame, to_original_size
 
 
 def table(shapes):
