@@ -5,9 +5,12 @@ Factories import torch, timm and segmentation-models-pytorch only when called.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
-from collections.abc import Callable
+import socket
+import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,36 @@ def _local_weights(name: str) -> Path | None:
     return None
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Can this machine open a connection to the Hugging Face hub? (Behind a proxy: assume yes.)"""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _offline_unless_reachable() -> Iterator[None]:
+    """Use only cached weights when the hub cannot be reached.
+
+    Otherwise huggingface_hub retries every weight file for about a minute before failing.
+    """
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE or _hub_reachable():
+        yield
+        return
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = False
+
+
 def timm_model(variant: str | None, num_classes: int, in_channels: int = 3, pretrained: bool = False) -> Any:
     """Any timm model by name: ``timm/resnet18``, ``timm/efficientnet_b0`` ..."""
     import timm
@@ -55,7 +88,8 @@ def timm_model(variant: str | None, num_classes: int, in_channels: int = 3, pret
     if local is not None:
         options["pretrained_cfg_overlay"] = {"file": str(local)}
     try:
-        return timm.create_model(variant, **options)
+        with _offline_unless_reachable() if pretrained and local is None else contextlib.nullcontext():
+            return timm.create_model(variant, **options)
     except Exception as error:
         if not pretrained:
             raise
@@ -74,8 +108,9 @@ def smp_family(architecture: str) -> Callable[..., Any]:
             close = difflib.get_close_matches(encoder, smp.encoders.get_encoder_names(), n=5)
             raise CompkitError(f"unknown encoder {encoder!r} for {architecture}; close matches: {', '.join(close)}")
         try:
-            return smp.create_model(architecture, encoder_name=encoder, in_channels=in_channels,
-                                    classes=num_classes, encoder_weights="imagenet" if pretrained else None)
+            with _offline_unless_reachable() if pretrained else contextlib.nullcontext():
+                return smp.create_model(architecture, encoder_name=encoder, in_channels=in_channels,
+                                        classes=num_classes, encoder_weights="imagenet" if pretrained else None)
         except Exception as error:
             if not pretrained:
                 raise

@@ -35,7 +35,7 @@ def target_tensor(target: Any, task: str) -> torch.Tensor:
     array = np.asarray(target)
     if task == "classification" and array.ndim == 0:
         return torch.tensor(int(array), dtype=torch.int64)
-    return torch.as_tensor(array, dtype=torch.float32)
+    return torch.tensor(array, dtype=torch.float32)  # a copy: pandas 3 hands out read-only arrays
 
 
 class ArrayDataset(Dataset):

@@ -150,7 +150,13 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     out_dir = run_dir / f"fold{fold}"
     from compkit import _train
 
-    _train.fit_fold(comp, config, table, assignment == fold, root, out_dir, resume=resume, quiet=quiet, fold=fold)
+    try:
+        _train.fit_fold(comp, config, table, assignment == fold, root, out_dir, resume=resume, quiet=quiet,
+                        fold=fold)
+    finally:
+        # "latest" moves only to a run with a checkpoint: a run that failed to start is no candidate
+        if _rank() == 0 and (out_dir / "last.pt").is_file():
+            places.point_latest(runs_root, run)
     return out_dir
 
 
@@ -169,7 +175,6 @@ def _start_run(runs_root: Path, run: str, config: Config) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not saved.is_file():
             _io.write_text(saved, config.to_json())
-        places.point_latest(runs_root, run)
     return run_dir
 
 

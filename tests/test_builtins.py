@@ -53,6 +53,20 @@ def test_pretrained_weights_offline_say_how_to_provide_them(tmp_path):
     assert "COMPKIT_WEIGHTS_DIR" in result.stdout
 
 
+def test_an_unreachable_hub_fails_at_once_instead_of_retrying(reg, monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from compkit import builtins
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    calls = []
+    monkeypatch.setattr(builtins, "_hub_reachable", lambda: calls.append(1) or False)
+    with pytest.raises(CompkitError, match="COMPKIT_WEIGHTS_DIR"):
+        reg.model("timm/resnet10t", num_classes=2, pretrained=True)
+    assert calls == [1]
+    assert not huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE")  # put back
+
+
 def test_weights_dir_supplies_pretrained_weights_offline(reg, monkeypatch, tmp_path):
     import timm
     from safetensors.torch import save_file
