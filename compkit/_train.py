@@ -61,7 +61,7 @@ def device_loader(comp: Competition, dataset: Any, config: Config, device: str) 
     if not isinstance(dataset, ArrayDataset) or dataset.targets is None:
         raise CompkitError(f"gpu_data needs the images in memory (an ArrayDataset); {comp.name}'s training "
                            f"dataset is a {type(dataset).__name__}: use --set gpu_data=false")
-    return DeviceLoader(dataset.images, dataset.targets, batch_size=config.batch_size, mean=comp.mean,
+    return DeviceLoader(dataset.selected_images(), dataset.targets, batch_size=config.batch_size, mean=comp.mean,
                         std=comp.std, device=engine.resolve_device(device), size=config.image_size,
                         seed=config.seed)
 

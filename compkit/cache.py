@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from compkit import _io
 from compkit.datasets import read_image
+from compkit.errors import CompkitError
 
 Reader = Callable[[Path], np.ndarray]
 
@@ -73,3 +74,17 @@ def resized_images(paths: Sequence[Path], size: int, cache_dir: Path, *, channel
         if stale != target:
             stale.unlink(missing_ok=True)
     return np.load(target, mmap_mode="r")
+
+
+def rows_of(all_ids: Sequence, ids: Sequence) -> np.ndarray:
+    """The row of each of ``ids`` in ``all_ids`` (int64 (N,)), to read a subset from a full-table cache.
+
+    A cache always holds the whole train (or test) table, so every fold shares one file.
+    """
+    import pandas as pd
+
+    found = pd.Index(all_ids).get_indexer(ids)
+    if (found < 0).any():
+        missing = list(pd.Series(ids)[found < 0][:3])
+        raise CompkitError(f"ids {missing} are not in the competition's table; the data changed under the run")
+    return found.astype(np.int64)

@@ -45,18 +45,26 @@ class ArrayDataset(Dataset):
     """
 
     def __init__(self, images: Sequence[Any], targets: Sequence[Any] | None, transform: Any,
-                 task: str = "classification") -> None:
+                 task: str = "classification", rows: np.ndarray | None = None) -> None:
         self.images = images
         self.targets = targets
         self.transform = transform
         self.task = task
+        # sample i is images[rows[i]]: a fold reads its rows of a cache made once for the whole table
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) if self.rows is None else len(self.rows)
 
     def load(self, index: int) -> np.ndarray:
         """The uint8 image (H, W) or (H, W, C) of sample ``index``."""
-        return self.images[index]
+        if self.rows is None:
+            return self.images[index]
+        return np.array(self.images[self.rows[index]])  # a writable copy, not a view of a read-only cache
+
+    def selected_images(self) -> np.ndarray:
+        """This dataset's images as one uint8 array (N, H, W[, C]), in sample order."""
+        return np.asarray(self.images) if self.rows is None else np.asarray(self.images)[self.rows]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image = self.load(index)

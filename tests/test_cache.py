@@ -4,6 +4,7 @@ import os
 
 import cv2
 import numpy as np
+import pytest
 
 from compkit.cache import resized_images
 
@@ -52,3 +53,18 @@ def test_grayscale_cache_has_no_channel_axis(tmp_path):
     paths = write_images(tmp_path, 2)
     images = resized_images(paths, 12, tmp_path / "cache", channels=1, progress=False)
     assert images.shape == (2, 12, 12)
+
+
+def test_a_fold_reads_its_rows_of_a_full_table_cache(tmp_path):
+    from compkit.cache import rows_of
+    from compkit.datasets import ArrayDataset
+    from compkit.errors import CompkitError
+
+    images = np.arange(5 * 2 * 2, dtype=np.uint8).reshape(5, 2, 2)
+    rows = rows_of(["a", "b", "c", "d", "e"], ["d", "b"])
+    assert rows.tolist() == [3, 1]
+    dataset = ArrayDataset(images, [0, 1], None, rows=rows)
+    assert len(dataset) == 2 and np.array_equal(dataset[0]["image"][0].numpy(), images[3])
+    assert np.array_equal(dataset.selected_images(), images[[3, 1]])
+    with pytest.raises(CompkitError, match="not in the competition's table"):
+        rows_of(["a"], ["z"])

@@ -103,14 +103,16 @@ class Cifar10(Competition):
 
     def dataset(self, table, root: Path, stage: str, config: Config):
         """Cached images at ``config.image_size`` with int64 class-index targets (none at test)."""
-        from compkit_cifar10.data import CachedDataset, cached_images, positions
+        from compkit.cache import rows_of
+        from compkit.datasets import ArrayDataset
+        from compkit_cifar10.data import cached_images
 
         root = Path(root)
         full = self.test_table(root) if stage == "test" else self.train_table(root)
         images = cached_images(root, full, stage, config.image_size)
-        rows = positions(full[self.id_column], table[self.id_column])
+        rows = rows_of(full[self.id_column], table[self.id_column])
         targets = None if stage == "test" else table["target"].to_numpy(copy=True)
-        return CachedDataset(images, rows, targets, self.transforms(stage, config))
+        return ArrayDataset(images, targets, self.transforms(stage, config), rows=rows)
 
 
 def _read_csv(path: Path, columns: list[str]):

@@ -186,3 +186,13 @@ def test_demo_run_beats_the_baseline_and_submits(tmp_path):
     sample = competition.read_sample(tmp_path / "data" / NAME)
     submission.validate(pd.read_csv(result.submission, dtype=str), sample, competition.labels())
     assert result.best_score > result.baseline
+
+
+@pytest.mark.slow
+def test_gpu_data_path_trains_from_a_device_resident_copy(tmp_path):
+    # the same short recipe with the training set held on the device (here the CPU) as uint8
+    result = end_to_end(NAME, tmp_path, "epochs=5", "image_size=16", "model=resnet18-cifar", "pretrained=false",
+                        "batch_size=16", "lr=2e-3", "optimizer=adamw", "scheduler=cosine", "warmup_epochs=0",
+                        "loss=ce", "tta=none", "gpu_data=true")
+    assert result.best_score > result.baseline
+    assert result.metrics["train_loss"].iloc[-1] < result.metrics["train_loss"].iloc[0]

@@ -100,13 +100,15 @@ class PlantPathology(Competition):
 
     def dataset(self, table, root: Path, stage: str, config: Config):
         """Cached images at ``config.image_size`` with float32 (4,) one-hot targets (none at test)."""
-        from compkit_plant_pathology.data import CachedDataset, cached_images, positions
+        from compkit.cache import rows_of
+        from compkit.datasets import ArrayDataset
+        from compkit_plant_pathology.data import cached_images
 
         full = self.test_table(root) if stage == "test" else self.train_table(root)
         images = cached_images(Path(root), full, stage, config.image_size)
-        rows = positions(full[self.id_column], table[self.id_column])
+        rows = rows_of(full[self.id_column], table[self.id_column])
         targets = None if stage == "test" else table[list(CLASSES)].to_numpy("float32", copy=True)
-        return CachedDataset(images, rows, targets, self.transforms(stage, config))
+        return ArrayDataset(images, targets, self.transforms(stage, config), rows=rows)
 
     def submission(self, test_table, predictions):
         """``image_id`` then one probability column per class, as in sample_submission.csv."""

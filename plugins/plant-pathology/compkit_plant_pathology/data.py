@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from compkit.cache import resized_images
-from compkit.datasets import ArrayDataset, read_image
-from compkit.errors import CompkitError
+from compkit.datasets import read_image
 
 CACHE_FOLDER = "cache"
 
@@ -43,31 +42,3 @@ def cached_images(root: Path, table: pd.DataFrame, stage: str, size: int) -> np.
     name = "test" if stage == "test" else "train"
     paths = [root / path for path in table["path"]]
     return resized_images(paths, size, root / CACHE_FOLDER, read=jpeg_reader(size), name=name)
-
-
-def positions(full_ids: pd.Series, ids: pd.Series) -> np.ndarray:
-    """Row of each of ``ids`` in ``full_ids`` (int64 (N,)); every id must be there."""
-    found = pd.Index(full_ids).get_indexer(ids)
-    if (found < 0).any():
-        missing = list(pd.Series(ids)[found < 0][:3])
-        raise CompkitError(
-            f"ids {missing} are not in the competition's table; the data changed under the run"
-        )
-    return found.astype(np.int64)
-
-
-class CachedDataset(ArrayDataset):
-    """Rows ``rows`` of a cached image array; item ``i`` is image ``images[rows[i]]``.
-
-    Item: ``{"image": float32 [3, S, S], "target": float32 [4]}`` (no target at test).
-    """
-
-    def __init__(self, images: np.ndarray, rows: np.ndarray, targets: np.ndarray | None, transform) -> None:
-        super().__init__(images, targets, transform, task="classification")
-        self.rows = np.asarray(rows, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def load(self, index: int) -> np.ndarray:
-        return np.array(self.images[self.rows[index]])  # a writable copy, not a view of the read-only file

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from compkit.cache import resized_images
+from compkit.cache import resized_images, rows_of
 from compkit.datasets import to_tensor
 from compkit.errors import CompkitError
 from compkit_siim import layout
@@ -126,7 +126,7 @@ def build(
     images = resized_images(
         paths, size, root / CACHE, channels=1, read=read_dicom, name=f"{group}-images", progress=progress
     )
-    positions = _positions(full[ID_COLUMN], table[ID_COLUMN])
+    positions = rows_of(full[ID_COLUMN].astype(str), table[ID_COLUMN].astype(str))
     if stage == "test" or targets is None:
         return SiimDataset(images.filename, positions, transform)
     if targets == "has_mask":
@@ -138,14 +138,3 @@ def build(
     )
     return SiimDataset(images.filename, positions, transform, mask_file=masks.filename)
 
-
-def _positions(all_ids: pd.Series, wanted: pd.Series) -> np.ndarray:
-    """Row of each ``wanted`` id in ``all_ids``, int64 (len(wanted),)."""
-    index = pd.Index(all_ids.astype(str))
-    positions = index.get_indexer(wanted.astype(str))
-    if (positions < 0).any():
-        unknown = wanted[positions < 0].astype(str).tolist()
-        raise CompkitError(
-            f"{len(unknown)} image(s) not in the data root's tables, e.g. {', '.join(unknown[:3])}"
-        )
-    return positions.astype(np.int64)
