@@ -54,7 +54,9 @@ def resized_images(paths: Sequence[Path], size: int, cache_dir: Path, *, channel
     paths = [Path(p) for p in paths]
     reader_name = getattr(read, "__qualname__", "read")
     key = fingerprint(paths, size, channels, reader_name)
-    target = Path(cache_dir) / f"{name}-{size}-{key}.npy"
+    # which files (not their contents): two lists cached under one name never evict each other
+    listing = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:8]
+    target = Path(cache_dir) / f"{name}-{size}-{listing}-{key}.npy"
     if target.is_file():
         return np.load(target, mmap_mode="r")
     shape = (len(paths), size, size) + ((channels,) if channels > 1 else ())
@@ -70,7 +72,7 @@ def resized_images(paths: Sequence[Path], size: int, cache_dir: Path, *, channel
                 bar.update()
             bar.close()
         array.flush()
-    for stale in Path(cache_dir).glob(f"{name}-{size}-*.npy"):  # other sizes stay usable
+    for stale in Path(cache_dir).glob(f"{name}-{size}-{listing}-*.npy"):  # other sizes stay usable
         if stale != target:
             stale.unlink(missing_ok=True)
     return np.load(target, mmap_mode="r")

@@ -82,8 +82,10 @@ class Competition:
     def transforms(self, stage: str, config: Config) -> Any:
         """An albumentations pipeline for ``stage`` (train|valid|test): resize, flip, normalise."""
         import albumentations as A
+        import cv2
 
-        steps = [A.Resize(config.image_size, config.image_size)]
+        # area interpolation: linear aliases when a photo shrinks several times over
+        steps = [A.Resize(config.image_size, config.image_size, interpolation=cv2.INTER_AREA)]
         if stage == "train":
             steps.append(A.HorizontalFlip(p=0.5))
         steps.append(A.Normalize(mean=self.mean, std=self.std))

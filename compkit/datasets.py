@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,11 @@ def target_tensor(target: Any, task: str) -> torch.Tensor:
     return torch.tensor(array, dtype=torch.float32)  # a copy: pandas 3 hands out read-only arrays
 
 
+@dataclasses.dataclass(frozen=True)
+class _MemmapFile:
+    path: str
+
+
 class ArrayDataset(Dataset):
     """Images already in memory as a uint8 array (N, H, W) or (N, H, W, C), with optional targets.
 
@@ -61,6 +67,18 @@ class ArrayDataset(Dataset):
         if self.rows is None:
             return self.images[index]
         return np.array(self.images[self.rows[index]])  # a writable copy, not a view of a read-only cache
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A memmap pickles as all of its bytes: send a spawned worker the file name instead.
+        state = self.__dict__.copy()
+        if isinstance(self.images, np.memmap) and self.images.filename:
+            state["images"] = _MemmapFile(str(self.images.filename))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["images"], _MemmapFile):
+            state["images"] = np.load(state["images"].path, mmap_mode="r")
+        self.__dict__.update(state)
 
     def selected_images(self) -> np.ndarray:
         """This dataset's images as one uint8 array (N, H, W[, C]), in sample order."""

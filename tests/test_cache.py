@@ -44,9 +44,11 @@ def test_cache_is_rebuilt_when_a_source_changes_and_stale_files_go(tmp_path):
     second = resized_images(paths, 16, tmp_path / "cache", progress=False)
     assert second[0].max() == 0 and np.array_equal(second[1:], first[1:])
     assert len(list((tmp_path / "cache").glob("images-16-*.npy"))) == 1
+    resized_images(paths[:2], 16, tmp_path / "cache", progress=False)  # another list, same name and size
+    assert len(list((tmp_path / "cache").glob("images-16-*.npy"))) == 2  # neither evicts the other
     other_size = resized_images(paths, 8, tmp_path / "cache", progress=False)
     assert other_size.shape == (5, 8, 8, 3)
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
 
 
 def test_grayscale_cache_has_no_channel_axis(tmp_path):
@@ -68,3 +70,16 @@ def test_a_fold_reads_its_rows_of_a_full_table_cache(tmp_path):
     assert np.array_equal(dataset.selected_images(), images[[3, 1]])
     with pytest.raises(CompkitError, match="not in the competition's table"):
         rows_of(["a"], ["z"])
+
+
+def test_a_memmap_backed_dataset_pickles_as_its_file_name(tmp_path):
+    import pickle
+
+    from compkit.datasets import ArrayDataset
+
+    images = resized_images(write_images(tmp_path, 3), 16, tmp_path / "cache", progress=False)
+    dataset = ArrayDataset(images, [0, 1, 2], None, rows=np.array([2, 0]))
+    payload = pickle.dumps(dataset)
+    assert len(payload) < images.nbytes  # not the pixels
+    again = pickle.loads(payload)
+    assert np.array_equal(again[0]["image"].numpy(), dataset[0]["image"].numpy())
