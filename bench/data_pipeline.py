@@ -13,9 +13,7 @@ against decoding the files every epoch. Same process, alternating, medians; a ta
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -26,6 +24,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from _common import keep_freed_memory
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -33,7 +32,6 @@ from compkit import engine
 from compkit.cache import resized_images
 from compkit.datasets import ArrayDataset, ImageDataset
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 MEAN = {3: (0.485, 0.456, 0.406), 1: (0.5,)}
 STD = {3: (0.229, 0.224, 0.225), 1: (0.25,)}
 
@@ -238,23 +236,6 @@ def print_tables(decode_rows: list[tuple], cache_rows: list[tuple], title: str) 
         print(
             f"{name:<22}{workers:>8}{ours:>10,.0f}{theirs:>10,.0f}{ratio:>13.1f}x{build_seconds:>9.2f}{open_ms:>9.1f}"
         )
-
-
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory in the process rather than hand big blocks back to the OS at once.
-
-    By default a freed block of a few MB is unmapped and the next batch faults its pages in again.
-    Whether that happens depends on the order of allocations, so two loops doing the same work differed
-    here by 0.2-0.4 s of page faults per pass; with this, neither pays them and the ratio is the code's.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def main() -> None:

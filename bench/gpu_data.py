@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 
@@ -25,13 +23,13 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from _common import keep_freed_memory, resnet18_cifar, small_net
 from torch import nn
 
 from compkit import engine
 from compkit.datasets import ArrayDataset
 from compkit.gpu_data import DeviceLoader
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 SEED_ANCHOR = 1383  # images/s: the seed's ResNet-18 on CIFAR-10, one GPU, data loading left out (facts)
@@ -51,36 +49,6 @@ class Size:
 
 QUICK = Size(count=2048, batch_size=64, repeats=5, amp="off", channels_last=False, num_workers=0)
 FULL = Size(count=50_000, batch_size=256, repeats=3, amp="bf16", channels_last=True, num_workers=-1)
-
-
-def small_net() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(64, 10),
-    )
-
-
-def resnet18_cifar() -> nn.Module:
-    """The cifar10 plugin's ResNet-18 (3x3 stride-1 stem, no max-pool), or the same built from timm."""
-    try:
-        from compkit_cifar10.model import resnet18_cifar as build
-
-        return build(None, 10)
-    except ImportError:
-        import timm
-
-        model = timm.create_model("resnet18", pretrained=False, num_classes=10)
-        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()
-        return model
 
 
 def cifar_like(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -197,23 +165,6 @@ def print_table(results: dict, device: torch.device, quick: bool) -> None:
             f"seed anchor {SEED_ANCHOR:,} img/s (d2l ResNet-18, one GPU, data loading left out); "
             f"gpu_data {rate:,.0f} img/s end-to-end = {rate / SEED_ANCHOR:.1f}x"
         )
-
-
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory in the process rather than hand big blocks back to the OS at once.
-
-    By default a freed block of a few MB is unmapped and the next batch faults its pages in again.
-    Whether that happens depends on the order of allocations, so two loops doing the same work differed
-    here by 0.2-0.4 s of page faults per pass; with this, neither pays them and the ratio is the code's.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def main() -> None:
