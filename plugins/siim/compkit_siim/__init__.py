@@ -112,22 +112,8 @@ class SiimClassification(Siim):
     classes = ("no", "yes")
     metric = "roc_auc"
     targets = "has_mask"
-    defaults = Config(
-        model="timm/resnet18",
-        pretrained=True,
-        loss="ce",
-        image_size=512,
-        epochs=10,
-        batch_size=32,
-        lr=3e-4,
-        optimizer="adamw",
-        weight_decay=1e-4,
-        scheduler="cosine",
-        warmup_epochs=1.0,
-        amp="bf16",
-        tta="hflip",
-        n_folds=5,
-    )
+    # the seed's classifier: ResNet-18 at 512 px; the rest as for segmentation
+    defaults = Siim.defaults.replace(model="timm/resnet18", loss="ce", epochs=10, batch_size=32)
 
     def train_table(self, root: Path):
         table = super().train_table(root)
