@@ -1,15 +1,16 @@
 """DistributedDataParallel plumbing: torchrun's environment, the process group, small collectives.
 
 Every helper also works in a single process (world size 1), so the Engine has one code path.
+The environment readers import no torch, so the CLI's verbs can ask for the rank cheaply.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 
 def world_size() -> int:
@@ -43,9 +44,12 @@ def is_main() -> bool:
 
 def start(device: torch.device) -> bool:
     """Join the process group torchrun prepared (nccl on CUDA, gloo on CPU); True if this call made it."""
+    dist = _dist()
     if not is_distributed() or dist.is_initialized():
         return False
     if device.type == "cuda":
+        import torch
+
         # NCCL's object collectives stage data on the current device, so it must be ours.
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
@@ -56,6 +60,7 @@ def start(device: torch.device) -> bool:
 
 def stop() -> None:
     """Wait for every process, then leave the process group, so no rank exits while another still talks."""
+    dist = _dist()
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -63,11 +68,13 @@ def stop() -> None:
 
 def active() -> bool:
     """True when collectives must be used: more than one process and a live process group."""
+    dist = _dist()
     return dist.is_initialized() and dist.get_world_size() > 1
 
 
 def all_gather(value: Any) -> list[Any]:
     """Every process's ``value`` (any picklable object), in rank order, on every process."""
+    dist = _dist()
     if not active():
         return [value]
     values: list[Any] = [None] * dist.get_world_size()
@@ -77,6 +84,7 @@ def all_gather(value: Any) -> list[Any]:
 
 def gather_to_main(value: Any) -> list[Any] | None:
     """Every process's ``value`` in rank order on rank 0; None on the other ranks."""
+    dist = _dist()
     if not active():
         return [value]
     values: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
@@ -86,6 +94,7 @@ def gather_to_main(value: Any) -> list[Any] | None:
 
 def broadcast(value: Any) -> Any:
     """Rank 0's ``value`` on every process (the others pass anything, e.g. None)."""
+    dist = _dist()
     if not active():
         return value
     box = [value]
@@ -97,11 +106,20 @@ def sum_all(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum of a short list of numbers over all processes."""
     if not active():
         return list(values)
+    import torch
+
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
+    _dist().all_reduce(tensor)
     return tensor.tolist()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every process if ``flag`` is True on any, so all stop together instead of hanging."""
     return sum_all([float(flag)], device)[0] > 0
+
+
+def _dist() -> Any:
+    """``torch.distributed``, imported on first use."""
+    import torch.distributed
+
+    return torch.distributed

@@ -7,12 +7,11 @@ any step can be rerun alone.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from compkit import _io, folds, places, registry
+from compkit import _distributed, _io, folds, places, registry
 from compkit.competition import Competition
 from compkit.config import Config, resolve
 from compkit.errors import CompkitError
@@ -21,14 +20,9 @@ from compkit.places import Places
 RUNTIME_KEYS = {"device", "num_workers", "epochs", "patience", "tta"}  # may differ between folds of a run
 
 
-def _rank() -> int:
-    """This process's rank under torchrun (0 when not distributed)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def echo(message: str) -> None:
     """Print to the terminal (rank 0 only under torchrun)."""
-    if _rank() == 0:
+    if _distributed.is_main():
         print(message, flush=True)
 
 
@@ -83,13 +77,17 @@ def make_folds(name: str, where: Places, *, n_folds: int = 5, seed: int = 42, fo
     """Write data/NAME/folds.csv and print the size of each fold."""
     comp = competition(name)
     root = _data_root(comp, where)
-    table = comp.train_table(root)
-    split = folds.split(table, id_column=comp.id_column, n_folds=n_folds, seed=seed,
-                        stratify=comp.stratify, group=comp.group)
+    split = _split(comp, comp.train_table(root), n_folds, seed)
     written = folds.write(root, split, force=force)
     sizes = ", ".join(f"{k}: {n}" for k, n in split["fold"].value_counts().sort_index().items())
     echo(f"{'wrote' if written else 'unchanged (same split)'} {root / folds.FILE_NAME} ({sizes})")
     return root / folds.FILE_NAME
+
+
+def _split(comp: Competition, table: Any, n_folds: int, seed: int) -> Any:
+    """The competition's kind of k-fold split of ``table`` (see ``folds.split``)."""
+    return folds.split(table, id_column=comp.id_column, n_folds=n_folds, seed=seed,
+                       stratify=comp.stratify, group=comp.group)
 
 
 def _data_root(comp: Competition, where: Places) -> Path:
@@ -108,9 +106,8 @@ def _fold_table(comp: Competition, root: Path, config: Config) -> tuple[Any, Any
     if (root / folds.FILE_NAME).is_file():
         split = folds.read(root)
     else:
-        split = folds.split(table, id_column=comp.id_column, n_folds=config.n_folds, seed=config.seed,
-                            stratify=comp.stratify, group=comp.group)
-        if _rank() == 0:
+        split = _split(comp, table, config.n_folds, config.seed)
+        if _distributed.is_main():
             folds.write(root, split)
             echo(f"made {root / folds.FILE_NAME} ({config.n_folds} folds, seed {config.seed})")
     return table, folds.assignments(table, split, comp.id_column)
@@ -140,7 +137,7 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
         config = config.replace(**(overrides or {}))
     else:
         config = recipe(comp, recipe_path, overrides or {})
-        run = run or places.agreed_run_id(runs_root, _rank(), int(os.environ.get("WORLD_SIZE", "1")))
+        run = run or places.agreed_run_id(runs_root, _distributed.rank(), _distributed.world_size())
     table, assignment = _fold_table(comp, root, config)
     n_folds = int(assignment.max()) + 1
     if not 0 <= fold < n_folds:
@@ -155,7 +152,7 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
                         fold=fold)
     finally:
         # "latest" moves only to a run with a checkpoint: a run that failed to start is no candidate
-        if _rank() == 0 and (out_dir / "last.pt").is_file():
+        if _distributed.is_main() and (out_dir / "last.pt").is_file():
             places.point_latest(runs_root, run)
     return out_dir
 
@@ -171,7 +168,7 @@ def _start_run(runs_root: Path, run: str, config: Config) -> Path:
             details = ", ".join(f"{k}: {previous.get(k)!r} -> {getattr(config, k)!r}" for k in sorted(changed))
             raise CompkitError(f"run {run} was made with a different config ({details}); "
                                "train with a new --run to compare recipes")
-    if _rank() == 0:
+    if _distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         if not saved.is_file():
             _io.write_text(saved, config.to_json())
