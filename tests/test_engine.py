@@ -327,7 +327,8 @@ def test_a_schedule_built_for_other_steps_is_refused():
         build(steps=5).fit(train, valid, epochs=2, score=accuracy)
 
 
-def test_amp_on_cpu_runs_float32_with_a_note(capsys):
+def test_amp_on_cpu_runs_float32_with_a_note(capsys, monkeypatch):
+    monkeypatch.setattr(engine, "_NOTED", set())  # notes print once per process: start from none
     trainer = engine.Engine(classifier(), device="cpu", amp="bf16")
     assert trainer.amp_dtype is None and trainer.scaler is None
     assert "float32" in capsys.readouterr().err
