@@ -41,9 +41,7 @@ class CompetitionContract:
     @pytest.fixture(scope="class")
     @classmethod
     def root(cls, competition: Competition, tmp_path_factory: pytest.TempPathFactory) -> Path:
-        root = tmp_path_factory.mktemp(f"{cls.name}-demo")
-        competition.make_demo(root, 0)
-        return root
+        return _demo_root(competition, tmp_path_factory)
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -121,6 +119,30 @@ class CompetitionContract:
         assert np.isfinite(best)
         if competition.metric in ("accuracy", "dice"):
             assert best == pytest.approx(1.0)
+
+
+def demo_fixtures(name: str) -> tuple[Any, Any]:
+    """Module-scoped ``competition`` and ``root`` (its demo data) fixtures for a plugin's own tests.
+
+        competition, root = demo_fixtures("hotdog")
+    """
+
+    @pytest.fixture(scope="module")
+    def competition() -> Competition:
+        return registry.get().competition(name)
+
+    @pytest.fixture(scope="module")
+    def root(competition: Competition, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return _demo_root(competition, tmp_path_factory)
+
+    return competition, root
+
+
+def _demo_root(competition: Competition, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh folder holding the competition's demo data (seed 0)."""
+    root = tmp_path_factory.mktemp(f"{competition.name}-demo")
+    competition.make_demo(root, 0)
+    return root
 
 
 @dataclasses.dataclass

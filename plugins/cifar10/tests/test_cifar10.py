@@ -7,7 +7,7 @@ import torch
 
 from compkit import registry, submission
 from compkit.errors import CompkitError
-from compkit.testing import CompetitionContract, end_to_end
+from compkit.testing import CompetitionContract, demo_fixtures, end_to_end
 
 NAME = "cifar10"
 
@@ -18,16 +18,7 @@ class TestCifar10(CompetitionContract):
     image_size = 32
 
 
-@pytest.fixture(scope="module")
-def competition():
-    return registry.get().competition(NAME)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory, competition):
-    root = tmp_path_factory.mktemp("cifar-demo")
-    competition.make_demo(root, 0)
-    return root
+competition, root = demo_fixtures(NAME)
 
 
 def test_demo_is_in_kaggles_unpacked_layout(competition, root):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from compkit import registry, submission
 from compkit.errors import CompkitError
-from compkit.testing import CompetitionContract, end_to_end
+from compkit.testing import CompetitionContract, demo_fixtures, end_to_end
 
 NAME = "hotdog"
 
@@ -22,16 +22,7 @@ class TestHotdog(CompetitionContract):
     module = "compkit_hotdog"
 
 
-@pytest.fixture(scope="module")
-def competition():
-    return registry.get().competition(NAME)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory, competition):
-    root = tmp_path_factory.mktemp("hotdog-demo")
-    competition.make_demo(root, 0)
-    return root
+competition, root = demo_fixtures(NAME)
 
 
 def test_train_table_lists_both_class_folders(competition, root):

@@ -7,7 +7,7 @@ import torch
 
 from compkit import registry, submission
 from compkit.errors import CompkitError
-from compkit.testing import CompetitionContract, end_to_end
+from compkit.testing import CompetitionContract, demo_fixtures, end_to_end
 
 NAME = "plant-pathology"
 CLASSES = ["healthy", "multiple_diseases", "rust", "scab"]
@@ -18,16 +18,7 @@ class TestPlantPathology(CompetitionContract):
     module = "compkit_plant_pathology"
 
 
-@pytest.fixture(scope="module")
-def competition():
-    return registry.get().competition(NAME)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory, competition):
-    root = tmp_path_factory.mktemp("plant-demo")
-    competition.make_demo(root, 0)
-    return root
+competition, root = demo_fixtures(NAME)
 
 
 def test_demo_is_in_kaggles_layout(root):
