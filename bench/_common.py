@@ -1,13 +1,33 @@
-"""What several benchmarks share: a small conv net, the CIFAR ResNet-18, and a steadier allocator."""
+"""What several benchmarks share: CIFAR-sized data, a small conv net, the CIFAR ResNet-18, a steadier allocator."""
 
 from __future__ import annotations
 
 import ctypes
 import sys
+from dataclasses import dataclass
 
+import numpy as np
 from torch import nn
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10's channel statistics
+STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class Size:
+    count: int
+    batch_size: int
+    repeats: int
+    amp: str
+    channels_last: bool
+    num_workers: int  # -1: default_workers()
+
+
+def cifar_like(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, 32, 32, 3) as the CIFAR cache holds them, int64 targets (N,) of 10 classes."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, count)
 
 
 def small_net() -> nn.Module:

@@ -17,44 +17,25 @@ import argparse
 import copy
 import statistics
 import time
-from dataclasses import dataclass
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
-from _common import keep_freed_memory, resnet18_cifar, small_net
+from _common import MEAN, STD, Size, cifar_like, keep_freed_memory, resnet18_cifar, small_net
 from torch import nn
 
 from compkit import engine
 from compkit.datasets import ArrayDataset
 from compkit.gpu_data import DeviceLoader
 
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
 SEED_ANCHOR = 1383  # images/s: the seed's ResNet-18 on CIFAR-10, one GPU, data loading left out (facts)
 PATHS = ("compute only", "gpu_data", "DataLoader")
 LOADERS = PATHS[1:]  # the two that load data (compute only iterates a list)
 
 
-@dataclass(frozen=True)
-class Size:
-    count: int
-    batch_size: int
-    repeats: int
-    amp: str
-    channels_last: bool
-    num_workers: int  # -1: default_workers()
-
-
 QUICK = Size(count=2048, batch_size=64, repeats=5, amp="off", channels_last=False, num_workers=0)
 FULL = Size(count=50_000, batch_size=256, repeats=3, amp="bf16", channels_last=True, num_workers=-1)
-
-
-def cifar_like(count: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, 32, 32, 3) as the CIFAR cache holds them, int64 targets (N,) of 10 classes."""
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, count)
 
 
 def train_transform() -> A.Compose:

@@ -17,31 +17,16 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import albumentations as A
 import numpy as np
 import torch
-from _common import keep_freed_memory, resnet18_cifar, small_net
+from _common import MEAN, STD, Size, cifar_like, keep_freed_memory, resnet18_cifar, small_net
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from compkit import engine
 from compkit.datasets import ArrayDataset
-
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
-
-
-@dataclass(frozen=True)
-class Size:
-    count: int
-    batch_size: int
-    repeats: int
-    amp: str
-    channels_last: bool
-    num_workers: int  # -1: default_workers()
-
 
 QUICK = Size(count=3072, batch_size=64, repeats=7, amp="off", channels_last=False, num_workers=0)
 FULL = Size(count=300_000, batch_size=1024, repeats=3, amp="bf16", channels_last=True, num_workers=-1)
@@ -64,12 +49,6 @@ class PlainImages(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         image = (self.images[index].astype(np.float32) - self.mean) / self.std
         return torch.from_numpy(image.transpose(2, 0, 1).copy())
-
-
-def uint8_images(count: int) -> np.ndarray:
-    """uint8 (N, 32, 32, 3), as the CIFAR cache holds them."""
-    generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (count, 32, 32, 3), dtype=torch.uint8, generator=generator).numpy()
 
 
 def workers(size: Size) -> int:
@@ -190,7 +169,7 @@ def main() -> None:
     device = engine.resolve_device("cpu" if quick else "auto")
     torch.manual_seed(0)
     model = factory()
-    images = uint8_images(size.count)
+    images, _ = cifar_like(size.count)
     name = "small conv net" if quick else "resnet18-cifar"
     print(f"device {device}  {name}  {size.count:,} images 3x32x32  batch {size.batch_size}  amp {size.amp}  "
           f"channels_last {size.channels_last}  workers {workers(size)}")  # fmt: skip
