@@ -33,6 +33,13 @@ def test_setup_block_installs_every_first_party_plugin_and_runs_pytest():
     assert '".[test]"' in install and "pytest" in test
 
 
+def test_ci_runs_the_readme_setup_commands_as_written():
+    ci = (Path(__file__).parents[1] / ".ci" / "run").read_text().splitlines()
+    install, test = block_after("setup").strip().splitlines()
+    assert install in ci and test in ci
+    assert ci.index(install) < ci.index(test)
+
+
 def test_every_command_in_the_readme_parses():
     lines = re.findall(r"^(compkit [^#\n]+?)\s*(?:#.*)?$", README, re.M)
     assert len(lines) >= 8
