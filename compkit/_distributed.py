@@ -113,6 +113,15 @@ def sum_all(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def average_(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor, in place, by its mean over all processes (e.g. BatchNorm statistics)."""
+    if not active():
+        return
+    for tensor in tensors:
+        _dist().all_reduce(tensor)
+        tensor.div_(world_size())
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every process if ``flag`` is True on any, so all stop together instead of hanging."""
     return sum_all([float(flag)], device)[0] > 0

@@ -72,7 +72,8 @@ def make_engine(comp: Competition, config: Config, model: Any, loss: Any = None,
     return engine.Engine(
         model, loss, optimizer, schedule, activation=comp.activation, device=device or config.device,
         amp=config.amp, channels_last=config.channels_last, compile=config.compile,
-        accumulate=config.accumulate, clip_grad=config.clip_grad, ema=config.ema, seed=config.seed, quiet=quiet,
+        accumulate=config.accumulate, clip_grad=config.clip_grad, ema=config.ema,
+        precise_bn=config.precise_bn, seed=config.seed, quiet=quiet,
     )
 
 

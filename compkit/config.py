@@ -49,6 +49,7 @@ class Config:
     accumulate: int = 1  # gradient accumulation steps
     clip_grad: float = 0.0  # max gradient norm, 0 is off
     ema: float = 0.0  # EMA decay of the weights (e.g. 0.999), 0 is off
+    precise_bn: int = 0  # recompute BatchNorm statistics on this many train batches before validating, 0 is off
     patience: int = 0  # early stopping after this many epochs without improvement, 0 is off
     tta: str = "hflip"  # none | hflip | vflip | flips | d4
     n_folds: int = 5

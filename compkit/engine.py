@@ -38,6 +38,10 @@ from compkit.optim import Schedule, optimizer_steps_per_epoch
 # The training loop reads losses back from the device only every this many batches: a read is a
 # CUDA synchronisation, and one per batch would leave the GPU idle while Python queues the next step.
 SYNC_EVERY = 20
+# Validation loss above this many times the training loss for DIVERGED_EPOCHS epochs in a row gets
+# one note naming the usual causes.
+DIVERGED_RATIO = 10.0
+DIVERGED_EPOCHS = 3
 # float16's loss scaler skips a step whose gradients overflowed and halves its scale; a few skips are
 # normal, a long run of them means the gradients are NaN at any scale.
 MAX_SKIPPED_STEPS = 50
@@ -80,7 +84,9 @@ class Engine:
 
     ``activation`` turns logits into probabilities: "softmax" over dim 1, "sigmoid", or None (as is).
     ``amp``: "bf16" | "fp16" | "off" (CUDA only; CPU runs float32). ``ema``: decay of a weight EMA
-    (0 = off) that is then evaluated, saved and used by ``predict``. Under torchrun the process group
+    (0 = off) that is then evaluated, saved and used by ``predict``. ``precise_bn``: before each
+    validation, recompute BatchNorm's running statistics as a plain average over this many training
+    batches with the epoch's final weights (0 = off; keep the running averages of training). Under torchrun the process group
     is set up here; use the Engine as a context manager (or call ``close()``) to leave it cleanly.
     """
 
@@ -99,6 +105,7 @@ class Engine:
         accumulate: int = 1,
         clip_grad: float = 0.0,
         ema: float = 0.0,
+        precise_bn: int = 0,
         seed: int = 42,
         quiet: bool = False,
     ) -> None:
@@ -113,6 +120,7 @@ class Engine:
         self.activation, self.loss, self.optimizer = activation, loss, optimizer
         self.schedule = schedule or Schedule()
         self.accumulate, self.clip_grad, self.seed = max(1, accumulate), clip_grad, seed
+        self.precise_bn = max(0, precise_bn)
         self.amp_dtype = self._amp_dtype(amp)
         # float16 overflows above 65504, so its gradients need scaling; bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -268,6 +276,7 @@ class Engine:
         started = time.perf_counter()
         self._seed_epoch(epoch, train_loader)
         train_loss, images_per_second = self._train_epoch(train_loader, epoch, state)
+        self._recompute_batchnorm(train_loader)
         valid = self._evaluate(valid_loader)
         value, valid_loss = self._score(valid, run)
         lr = self.optimizer.param_groups[0]["lr"]  # the lr this epoch used, before an epoch-wise step
@@ -292,11 +301,47 @@ class Engine:
             "images_per_second": images_per_second,
         }
         state.history.append(row)
+        self._check_divergence(state.history)
         if self.main:
             self._write_epoch(run, state, valid if improved else None)
             self._say(_summary_line(row, epochs, run.metric, improved, state.stopped_early))
             if run.on_epoch_end is not None:
                 run.on_epoch_end(epoch, dict(row))
+
+    def _recompute_batchnorm(self, loader: DataLoader) -> None:
+        """Precise BatchNorm (Wu & Johnson, "Rethinking 'Batch' in BatchNorm"): running statistics
+        averaged over ``precise_bn`` training batches with the final weights of the epoch.
+
+        The running averages kept during training mix statistics of weights from many steps back;
+        while a high learning rate moves the weights fast they can be far from what the weights now
+        produce, and evaluation-mode predictions collapse although training goes well.
+        """
+        model = self.ema.module if self.ema is not None else self.model
+        norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+        if not self.precise_bn or not norms:
+            return
+        from itertools import islice
+
+        from torch.optim.swa_utils import update_bn
+
+        with self._autocast():
+            images = (self._to_device(batch["image"]) for batch in islice(loader, self.precise_bn))
+            update_bn(images, model)
+        _distributed.average_([buffer for norm in norms for buffer in (norm.running_mean, norm.running_var)])
+
+    def _check_divergence(self, history: list[dict[str, Any]]) -> None:
+        """One note when validation loss has stayed far above training loss for several epochs."""
+        recent = history[-DIVERGED_EPOCHS:]
+        if len(recent) == DIVERGED_EPOCHS and all(
+            row["valid_loss"] > DIVERGED_RATIO * row["train_loss"] for row in recent
+        ):
+            self._note(
+                f"validation loss has been over {DIVERGED_RATIO:g}x the training loss for {DIVERGED_EPOCHS} "
+                "epochs. Likely causes: the valid transforms preprocess differently from the train ones "
+                "(size, normalisation, channels); BatchNorm statistics that lag fast-moving weights or come "
+                "from tiny batches (try --set precise_bn=200, a larger batch_size, or a model whose last "
+                "stage is not 1x1 at this image size); a learning rate too high (try a lower lr)"
+            )
 
     def _seed_epoch(self, epoch: int, loader: DataLoader) -> None:
         """Seed everything from (seed, epoch), so epoch k is the same whether or not the run was resumed."""
