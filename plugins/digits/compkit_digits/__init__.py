@@ -22,9 +22,14 @@ class Digits(Competition):
     label_column = "Label"
     in_channels = 1
     mean, std = (0.5,), (0.5,)
-    # A small-image recipe: ResNet-18 at 28x28 from scratch, light shifts, 30 epochs on one GPU.
-    defaults = Config(model="timm/resnet18", image_size=28, epochs=30, batch_size=128, lr=2e-3,
-                      optimizer="adamw", weight_decay=5e-4, scheduler="onecycle", tta="none")
+    # A small-image recipe: ResNet-18 at 28x28 from scratch with light shifts. At 28 px its ImageNet
+    # stem leaves 1x1 pixel for the last stage, where BatchNorm's running averages lag weights that
+    # a high learning rate moves fast and evaluation collapses to chance: precise_bn recomputes them
+    # with each epoch's final weights. Cosine after half an epoch of warm-up learns from the first
+    # epoch, where one-cycle spends its first 30 % far below its peak.
+    defaults = Config(model="timm/resnet18", image_size=28, epochs=10, batch_size=64, lr=1e-3,
+                      optimizer="adamw", weight_decay=5e-4, scheduler="cosine", warmup_epochs=0.5,
+                      precise_bn=200, tta="none")
 
     def download(self, root: Path) -> None:
         from compkit import kaggle
