@@ -21,6 +21,16 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "none")
 TTA_MODES = ("none", "hflip", "vflip", "flips", "d4")
 CHOICES = {"amp": AMP_MODES, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "tta": TTA_MODES}
+# The values a key may take: (lowest, highest, whether the lowest itself is allowed); None is unbounded.
+MAX_WORKERS = 256
+RANGES = {
+    "image_size": (1, None, True), "epochs": (1, None, True), "batch_size": (1, None, True),
+    "lr": (0.0, None, False), "head_lr_multiplier": (0.0, None, False), "weight_decay": (0.0, None, True),
+    "momentum": (0.0, 1.0, True), "warmup_epochs": (0.0, None, True), "step_size": (1, None, True),
+    "gamma": (0.0, 1.0, False), "accumulate": (1, None, True), "clip_grad": (0.0, None, True),
+    "ema": (0.0, 1.0, True), "precise_bn": (0, None, True), "patience": (0, None, True),
+    "n_folds": (2, None, True), "num_workers": (-1, MAX_WORKERS, True),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +113,11 @@ def _coerce(name: str, value: Any) -> Any:
     choices = CHOICES.get(name)
     if choices and value not in choices:
         raise CompkitError(f"config key {name!r} must be one of {', '.join(choices)}, got {value!r}")
+    if name in RANGES:
+        low, high, low_allowed = RANGES[name]
+        if value < low or (value == low and not low_allowed) or (high is not None and value > high):
+            bound = f"{'at least' if low_allowed else 'above'} {low}" + (f" and at most {high}" if high is not None else "")
+            raise CompkitError(f"config key {name!r} must be {bound}, got {value!r}")
     return value
 
 
@@ -139,7 +154,12 @@ def read_toml(path: Path) -> dict[str, Any]:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise CompkitError(f"{path}: not valid TOML: {error}") from None
-    values = values.get("config", values)
+    if isinstance(values.get("config"), dict):
+        outside = sorted(set(values) - {"config"})
+        if outside:
+            raise CompkitError(f"{path}: has a [config] table and top-level keys ({', '.join(outside)}); "
+                               "put every key in one place")
+        values = values["config"]
     unknown = sorted(set(values) - set(keys()))
     if unknown:
         raise CompkitError(f"{path}: unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(keys())}")

@@ -52,3 +52,23 @@ def test_json_round_trip():
     config = Config(epochs=2, tta="d4")
     assert Config.from_dict(__import__("json").loads(config.to_json())) == config
     assert list(config.to_dict()) == keys()
+
+
+@pytest.mark.parametrize("key, value", [("batch_size", 0), ("batch_size", -4), ("image_size", 0), ("lr", -1.0),
+                                        ("lr", 0.0), ("epochs", 0), ("num_workers", 100000), ("precise_bn", -1),
+                                        ("n_folds", 1), ("ema", 1.5), ("gamma", 0.0)])
+def test_out_of_range_values_are_errors_naming_key_and_value(key, value):
+    with pytest.raises(CompkitError, match=rf"config key '{key}' must be .*got {value!r}"):
+        Config().replace(**{key: value})
+
+
+def test_in_range_edges_are_accepted():
+    config = Config().replace(num_workers=-1, epochs=1, weight_decay=0.0, ema=0.0, momentum=1.0, n_folds=2)
+    assert config.num_workers == -1 and config.n_folds == 2
+
+
+def test_a_config_table_beside_top_level_keys_is_refused(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("epochs = 3\n[config]\nlr = 0.1\n")
+    with pytest.raises(CompkitError, match=r"r.toml: has a \[config\] table and top-level keys \(epochs\)"):
+        read_toml(path)
