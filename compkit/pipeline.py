@@ -137,7 +137,8 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
         config = config.replace(**(overrides or {}))
     else:
         config = recipe(comp, recipe_path, overrides or {})
-        run = run or places.agreed_run_id(runs_root, _distributed.rank(), _distributed.world_size())
+        run = places.check_run_name(run or places.agreed_run_id(runs_root, _distributed.rank(),
+                                                                _distributed.world_size()))
     table, assignment = _fold_table(comp, root, config)
     n_folds = int(assignment.max()) + 1
     if not 0 <= fold < n_folds:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from compkit import _io
 from compkit.errors import CompkitError
 
 LATEST = "latest"
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +41,18 @@ class Places:
         return self.data / name
 
     def run_dir(self, name: str, run: str) -> Path:
-        return self.runs / name / run
+        return self.runs / name / check_run_name(run)
 
     def submission_dir(self, name: str) -> Path:
         return self.submissions / name
+
+
+def check_run_name(run: str) -> str:
+    """``run`` if it is a plain folder name (letters, digits, ``.``, ``_``, ``-``), else an error."""
+    if not RUN_NAME.fullmatch(run) or run in (".", ".."):
+        raise CompkitError(f"run name {run!r} is not allowed: use letters, digits, '.', '_' and '-' "
+                           "(no slashes), so that the run stays inside the runs folder")
+    return run
 
 
 def new_run_id() -> str:
@@ -86,6 +96,7 @@ def point_latest(runs_root: Path, run: str) -> None:
 def resolve_run(runs_root: Path, run: str | None) -> str:
     """``run`` itself, or the run ``latest`` points at; errors say what exists."""
     if run and run != LATEST:
+        check_run_name(run)
         if not (runs_root / run).is_dir():
             raise CompkitError(f"no run {run!r} in {runs_root}; runs: {', '.join(list_runs(runs_root)) or 'none'}")
         return run

@@ -65,6 +65,14 @@ def test_bad_flags_name_the_problem(work):
     assert result.exit_code == 1 and "no run 'nope'" in result.output
 
 
+@pytest.mark.parametrize("verb", ["train", "submit"])
+def test_a_run_name_cannot_leave_the_runs_folder(work, verb):
+    path, env = work
+    result = invoke(verb, "digits", "--run", "../../x", *(FAST if verb == "train" else []), env=env)
+    assert result.exit_code == 1 and "run name '../../x' is not allowed" in result.output
+    assert not (path / "x").exists()  # runs/digits/../../x
+
+
 def test_submit_writes_a_checked_file_and_a_sidecar(work):
     work, env = work
     result = invoke("submit", "digits", "--run", "one", "--folds", "0", "--tta", "hflip", "--device", "cpu", env=env)
