@@ -44,13 +44,16 @@ class Digits(Competition):
     def train_table(self, root: Path):
         import pandas as pd
 
-        table = pd.read_csv(root / "train.csv").rename(columns={"label": "target"})
+        path = root / "train.csv"
+        table = _checked(pd.read_csv(path, low_memory=False), path, ["label", *PIXELS])
+        table = table.rename(columns={"label": "target"})
         return pd.concat([pd.DataFrame({self.id_column: range(1, len(table) + 1)}), table], axis=1)
 
     def test_table(self, root: Path):
         import pandas as pd
 
-        table = pd.read_csv(root / "test.csv")  # ImageId is the 1-based row number
+        path = root / "test.csv"
+        table = _checked(pd.read_csv(path, low_memory=False), path, PIXELS)  # ImageId is the 1-based row number
         return pd.concat([pd.DataFrame({self.id_column: range(1, len(table) + 1)}), table], axis=1)
 
     def transforms(self, stage: str, config: Config):
@@ -67,6 +70,37 @@ class Digits(Competition):
         images = table[PIXELS].to_numpy("uint8").reshape(-1, 28, 28)
         targets = None if stage == "test" else table["target"].to_numpy()
         return ArrayDataset(images, targets, self.transforms(stage, config))
+
+
+def _checked(table, path: Path, columns: list[str]):
+    """``table`` with integer columns if every value is in range; else an error naming row and value.
+
+    Rows are the file's line numbers (the header is line 1). A file cut mid-row shows as missing values.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from compkit.errors import CompkitError
+
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise CompkitError(f"{path}: missing column(s) {', '.join(missing[:5])}"
+                           f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}; expected label (train only) "
+                           "and pixel0..pixel783")
+    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy("float64")
+    highs = np.array([9 if column == "label" else 255 for column in columns])
+    with np.errstate(invalid="ignore"):
+        bad = np.isnan(values) | (values < 0) | (values > highs) | (values != np.round(values))
+    if bad.any():
+        row, index = np.argwhere(bad)[0]
+        column, value = columns[index], table[columns[index]].iloc[row]
+        shown = repr(value) if isinstance(value, str) else str(value)
+        raise CompkitError(f"{path}, line {row + 2}, column {column}: {shown} is not an "
+                           f"integer 0..{highs[index]}" + (" (is the file cut short?)" if row == len(table) - 1 else ""))
+    table[columns] = values.astype("uint8")
+    if "label" in columns:
+        table["label"] = table["label"].astype("int64")
+    return table
 
 
 @hookimpl

@@ -48,3 +48,51 @@ def test_demo_recipe_learns_real_digits_from_the_first_epochs(tmp_path):
     truth = pd.read_csv(tmp_path / "data" / "digits" / "test_labels.csv")
     assert (submission["Label"] == truth["Label"]).mean() > 0.95  # held-out real scans
 
+
+def setting(row, column, value):
+    """A change to a train table: ``value`` in ``column`` of ``row`` (negative rows count from the end)."""
+
+    def change(table):
+        table[column] = table[column].astype(object)
+        table.iloc[row, table.columns.get_loc(column)] = value
+        return table
+
+    return change
+
+
+@pytest.mark.parametrize("change, message", [
+    (setting(0, "label", "seven"), r"line 2, column label: 'seven' is not an integer 0..9"),
+    (setting(0, "label", 11), r"line 2, column label: 11 is not an integer 0..9"),
+    (setting(-1, "label", -1), r"column label: -1 is not an integer 0..9"),
+    (setting(0, "pixel5", 300), r"line 2, column pixel5: 300 is not an integer 0..255"),
+    (lambda table: table.drop(columns=["pixel783"]), r"missing column\(s\) pixel783"),
+])
+def test_bad_training_rows_are_named(tmp_path, change, message):
+    from compkit.errors import CompkitError
+    from compkit.registry import get
+    from compkit_digits.demo import write_demo
+
+    write_demo(tmp_path, seed=0)
+    path = tmp_path / "train.csv"
+    change(pd.read_csv(path)).to_csv(path, index=False)
+    with pytest.raises(CompkitError, match=message):
+        get().competition("digits").train_table(tmp_path)
+
+
+def test_a_file_cut_mid_row_and_a_missing_label_are_named(tmp_path):
+    from compkit.errors import CompkitError
+    from compkit.registry import get
+    from compkit_digits.demo import write_demo
+
+    write_demo(tmp_path, seed=0)
+    path = tmp_path / "train.csv"
+    text = path.read_text()
+    path.write_text(text[: text.rindex(",", 0, len(text) - 400)] + "\n")  # the last row loses ~200 pixels
+    digits = get().competition("digits")
+    with pytest.raises(CompkitError, match=r"line \d+, column pixel\d+: nan .*cut short"):
+        digits.train_table(tmp_path)
+    lines = text.splitlines()
+    lines[3] = "," + lines[3].split(",", 1)[1]  # no label on line 4
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CompkitError, match=r"line 4, column label: nan is not an integer"):
+        digits.train_table(tmp_path)
