@@ -86,8 +86,9 @@ class Engine:
     ``amp``: "bf16" | "fp16" | "off" (CUDA only; CPU runs float32). ``ema``: decay of a weight EMA
     (0 = off) that is then evaluated, saved and used by ``predict``. ``precise_bn``: before each
     validation, recompute BatchNorm's running statistics as a plain average over this many training
-    batches with the epoch's final weights (0 = off; keep the running averages of training). Under torchrun the process group
-    is set up here; use the Engine as a context manager (or call ``close()``) to leave it cleanly.
+    batches with the epoch's final weights (0 = off: keep training's running averages). Under
+    torchrun the process group is set up here; use the Engine as a context manager (or call
+    ``close()``) to leave it cleanly.
     """
 
     def __init__(
