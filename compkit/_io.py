@@ -6,6 +6,7 @@ An interrupted run never leaves a half-written checkpoint, table or submission b
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +37,29 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         yield handle
         handle.flush()
         os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def new_file(folder: str | os.PathLike, stem: str, suffix: str) -> Iterator[Path]:
+    """Yield ``folder/stem+suffix``, or ``stem-2``, ``stem-3``... : a name no other writer holds.
+
+    The name is claimed by creating the file empty (``O_EXCL``), so two processes in the same second
+    never write one file; when the block fails, the claim is removed.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        path = folder / f"{stem}{'' if number == 1 else f'-{number}'}{suffix}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield path
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _umask() -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from compkit import rle, submission
+from compkit import _io, rle, submission
 from compkit.errors import CompkitError
 
 CLASSES = ["cat", "dog", "frog"]
@@ -166,3 +166,16 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         submission.write(cifar_frame(), tmp_path / "submission.csv", sample=cifar_sample())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_files_claimed_in_the_same_second_get_distinct_names_and_a_failure_leaves_none(tmp_path):
+    with _io.new_file(tmp_path, "20261201-120000", ".csv") as first, \
+            _io.new_file(tmp_path, "20261201-120000", ".csv") as second:
+        submission.write(pd.DataFrame({"id": ["a"], "label": ["x"]}), first)
+        submission.write(pd.DataFrame({"id": ["b"], "label": ["y"]}), second)
+    assert (first.name, second.name) == ("20261201-120000.csv", "20261201-120000-2.csv")
+    assert pd.read_csv(first)["id"].tolist() == ["a"] and pd.read_csv(second)["id"].tolist() == ["b"]
+    sample = pd.DataFrame({"id": ["a"], "label": ["x"]})
+    with pytest.raises(CompkitError), _io.new_file(tmp_path, "20261201-120000", ".csv") as third:
+        submission.write(pd.DataFrame({"id": ["zzz"], "label": ["x"]}), third, sample)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20261201-120000-2.csv", "20261201-120000.csv"]
