@@ -41,10 +41,14 @@ def _check(table: pd.DataFrame, id_column: str, n_folds: int, stratify, group) -
         raise CompkitError(f"n_folds must be at least 2, got {n_folds}")
     if len(table) < n_folds:
         raise CompkitError(f"{len(table)} training samples cannot make {n_folds} folds")
-    wanted = [id_column, *([stratify] if isinstance(stratify, str) else stratify or ()), *([group] if group else [])]
-    missing = [column for column in wanted if column not in table.columns]
-    if missing:
-        raise CompkitError(f"train table has no column(s) {', '.join(missing)}; columns: {', '.join(table.columns)}")
+    for setting, value in {"id_column": id_column, "stratify": stratify, "group": group}.items():
+        missing = [column for column in ([value] if isinstance(value, str) else value or ()) if column not in table]
+        if missing:
+            raise CompkitError(
+                f"train table has no column(s) {', '.join(missing)}, which the Competition setting {setting} = "
+                f"{value!r} names; set {setting} to one of its columns ({', '.join(map(str, table.columns))})"
+                + (" or to None" if setting != "id_column" else "")
+            )
     duplicated = table[id_column][table[id_column].duplicated()]
     if len(duplicated):
         raise CompkitError(f"duplicate ids in the train table, e.g. {', '.join(map(str, duplicated[:5]))}")

@@ -70,8 +70,11 @@ def test_write_refuses_a_different_split_without_force(tmp_path):
 
 def test_bad_requests_are_clear_errors():
     data = table(10)
-    with pytest.raises(CompkitError, match="no column"):
+    with pytest.raises(CompkitError, match=r"no column\(s\) nope, which the Competition setting stratify = 'nope' "
+                                           r"names; set stratify to one of its columns \(id, .*\) or to None"):
         folds.split(data, id_column="id", n_folds=2, seed=0, stratify="nope")
+    with pytest.raises(CompkitError, match=r"setting group = 'site' names"):
+        folds.split(data, id_column="id", n_folds=2, seed=0, group="site")
     with pytest.raises(CompkitError, match="cannot make 20 folds"):
         folds.split(data, id_column="id", n_folds=20, seed=0)
     with pytest.raises(CompkitError, match="duplicate ids"):
