@@ -7,6 +7,7 @@ credentials were checked. Downloads are idempotent: see :func:`competition_files
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime
 import hashlib
 import json
@@ -184,6 +185,21 @@ def submissions(slug: str) -> list[dict]:
 
 # ---- idempotent fetch: marker, staging folder, extraction ----
 
+# ``compkit download NAME --force`` reaches the helpers a plugin's download(root) calls through this,
+# so the plugin API needs no force argument.
+_FORCED = contextvars.ContextVar("compkit_forced_download", default=False)
+
+
+@contextlib.contextmanager
+def forced(force: bool = True) -> Iterator[None]:
+    """Within the block, every download helper fetches again as if called with ``force=True``."""
+    token = _FORCED.set(force)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
 
 def _fetch(
     root: Path,
@@ -200,6 +216,7 @@ def _fetch(
     safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", marker_name)
     marker = root / STATE_FOLDER / f"{safe_name}.json"
     staging = root / STATE_FOLDER / "partial" / safe_name
+    force = force or _FORCED.get()
     if not force:
         files = _recorded_files(marker, source, root)
         if files is not None:

@@ -47,7 +47,10 @@ def download(name: str, where: Places, *, demo: bool = False, force: bool = Fals
     if (root / ".demo").exists():
         raise CompkitError(f"{root} holds demo data; pass --force to replace it with the real data")
     root.mkdir(parents=True, exist_ok=True)
-    comp.download(root)
+    from compkit import kaggle
+
+    with kaggle.forced(force):
+        comp.download(root)
     return root
 
 

@@ -379,3 +379,18 @@ def test_url_not_found_names_the_address_without_its_query(fake, root):
     with pytest.raises(CompkitError, match="answered 404") as caught:
         kaggle.url(f"{fake.address}/files/missing.zip?token=secret-query", root)
     assert "secret-query" not in str(caught.value)
+
+
+def test_download_force_reaches_the_helpers_a_plugin_calls(fake, tmp_path):
+    from compkit import pipeline
+    from compkit.places import Places
+
+    fake.competitions["digit-recognizer"] = {"train.csv": b"label,pixel0\n1,0\n"}
+    where = Places(data=tmp_path / "data")
+    pipeline.download("digits", where)
+    pipeline.download("digits", where)
+    assert fake.count("DownloadDataFiles") == 1  # already there: nothing fetched
+    fake.competitions["digit-recognizer"]["train.csv"] = b"label,pixel0\n2,0\n"
+    pipeline.download("digits", where, force=True)
+    assert fake.count("DownloadDataFiles") == 2
+    assert (tmp_path / "data" / "digits" / "train.csv").read_bytes() == b"label,pixel0\n2,0\n"
