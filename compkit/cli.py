@@ -100,8 +100,9 @@ def folds(name: str, n_folds: int, seed: int, force: bool, data_dir: str | None)
 @cli.command()
 @click.argument("name")
 @click.option("--fold", type=int, default=0, show_default=True, help="The fold to validate on.")
-@click.option("--run", envvar="COMPKIT_RUN",
-              help="Run id (default: a new timestamp; with --resume: latest; env COMPKIT_RUN).")
+@click.option("--run-name", "--run", "run", envvar="COMPKIT_RUN",
+              help="Run id (default: a new timestamp; with --resume: latest; env COMPKIT_RUN). "
+                   "Under torchrun spell it --run-name: torchrun takes --run for its --run-path.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from fold<K>/last.pt.")
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
               help="Recipe TOML (default competitions/NAME.toml if present).")
@@ -138,7 +139,7 @@ def train(name: str, fold: int, run: str | None, resume: bool, recipe: Path | No
 
 @cli.command()
 @click.argument("name")
-@click.option("--run", help="Run id (default: latest).")
+@click.option("--run-name", "--run", "run", envvar="COMPKIT_RUN", help="Run id (default: latest; env COMPKIT_RUN).")
 @click.option("--folds", "fold_spec", default="all", show_default=True, help="Comma-separated folds or 'all'.")
 @click.option("--tta", type=click.Choice(["none", "hflip", "vflip", "flips", "d4"]),
               help="Test-time augmentation (default: the run's config).")

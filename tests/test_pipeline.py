@@ -65,6 +65,19 @@ def test_bad_flags_name_the_problem(work):
     assert result.exit_code == 1 and "no run 'nope'" in result.output
 
 
+def test_run_name_is_the_spelling_torchrun_passes_through(work):
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "compkit", "train", "digits",
+                                         "--run-name", "one"])
+    assert args.training_script_args == ["train", "digits", "--run-name", "one"]
+    _, env = work
+    result = invoke("submit", "digits", "--run-name", "nope", env=env)
+    assert result.exit_code == 1 and "no run 'nope'" in result.output
+    result = invoke("submit", "digits", env={**env, "COMPKIT_RUN": "nope"})
+    assert result.exit_code == 1 and "no run 'nope'" in result.output
+
+
 @pytest.mark.parametrize("verb", ["train", "submit"])
 def test_a_run_name_cannot_leave_the_runs_folder(work, verb):
     path, env = work
