@@ -724,7 +724,14 @@ def _merge(shards: list[Predictions]) -> Predictions:
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CompkitError(f"no checkpoint at {path}; train first (it writes best.pt and last.pt)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, zero bytes, not a zip, or a pickle weights_only refuses
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CompkitError(
+            f"checkpoint {path} is damaged or not safe to load ({reason[:200]}); delete it and train that fold "
+            "again, or resume from the other checkpoint of the fold (last.pt or best.pt) if it is intact"
+        ) from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CompkitError(f"{path} is not a compkit checkpoint (no 'model' weights in it)")
     return checkpoint

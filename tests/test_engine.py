@@ -159,6 +159,28 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     assert len(last["history"]) == 2
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "pickle"])
+def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, damage):
+    train, valid = loaders()
+    build().fit(train, valid, epochs=1, score=accuracy, out_dir=tmp_path)
+    path = tmp_path / "last.pt"
+    data = path.read_bytes()
+    if damage == "pickle":
+        import pickle
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, ("echo pwned",))
+
+        torch.save({"model": Payload()}, path, _use_new_zipfile_serialization=True, pickle_module=pickle)
+    else:
+        path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"not a checkpoint" * 64}[damage])
+    with pytest.raises(CompkitError, match=rf"checkpoint {path} is damaged or not safe to load .*delete it"):
+        build().load(path)
+    with pytest.raises(CompkitError, match="is damaged"):
+        build().fit(train, valid, epochs=2, score=accuracy, out_dir=tmp_path, resume=True)
+
+
 def test_dense_output_is_squeezed_for_score_and_oof(tmp_path):
     seen = {}
 
