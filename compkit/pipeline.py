@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +56,33 @@ def download(name: str, where: Places, *, demo: bool = False, force: bool = Fals
 
 
 def _make_demo(comp: Competition, root: Path, *, force: bool, seed: int) -> Path:
-    """Write the demo into a temporary folder, then move it into place: never half a dataset."""
-    if root.exists() and any(root.iterdir()):
-        if (root / ".demo").exists() and not force:
-            echo(f"{root} already holds the demo data; nothing to do (--force remakes it)")
-            return root
-        if not force:
-            raise CompkitError(f"{root} already holds data; pass --force to replace it with demo data")
-    staging = root.with_name(f".{root.name}.demo-tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    comp.make_demo(staging, seed)
-    (staging / ".demo").write_text(f"seed={seed}\n", encoding="utf-8")
-    shutil.rmtree(root, ignore_errors=True)
-    staging.rename(root)
+    """Write the demo into a temporary folder, then move it into place: never half a dataset.
+
+    One process at a time per data folder (a lock beside it); staging folders left by a killed run
+    are removed, and a failed one removes its own.
+    """
+    with _io.locked(root.with_name(f".{root.name}.lock")):
+        for stale in root.parent.glob(f".{root.name}.demo-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if root.exists() and any(root.iterdir()):
+            marker = root / ".demo"
+            if marker.exists() and not force:
+                made = marker.read_text(encoding="utf-8").strip()
+                if made != f"seed={seed}":
+                    raise CompkitError(f"{root} holds the demo made with {made}; pass --force to remake it "
+                                       f"with seed={seed}")
+                echo(f"{root} already holds the demo data; nothing to do (--force remakes it)")
+                return root
+            if not force:
+                raise CompkitError(f"{root} already holds data; pass --force to replace it with demo data")
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.demo-", dir=root.parent))
+        try:
+            comp.make_demo(staging, seed)
+            (staging / ".demo").write_text(f"seed={seed}\n", encoding="utf-8")
+            shutil.rmtree(root, ignore_errors=True)
+            staging.rename(root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     echo(f"wrote demo data for {comp.name} to {root}")
     return root
 

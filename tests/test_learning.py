@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -82,8 +83,6 @@ def compkit_fit(train, valid, tmp_path, **options) -> list[dict]:
     trainer = engine.Engine(model, nn.CrossEntropyLoss(), optimizer, schedule, device="cpu", quiet=True, **options)
     score = lambda targets, probabilities: float((probabilities.argmax(1) == targets).mean())  # noqa: E731
     trainer.fit(train_loader, valid_loader, epochs=EPOCHS, score=score, out_dir=tmp_path)
-    import pandas as pd
-
     return pd.read_csv(tmp_path / "metrics.csv").to_dict("records")
 
 

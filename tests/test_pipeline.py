@@ -117,6 +117,38 @@ def test_demo_does_not_overwrite_real_data_without_force(tmp_path):
     assert (tmp_path / "digits" / "train.csv").read_text() == "label\n"
 
 
+def test_demo_staging_is_unique_cleaned_and_other_seeds_need_force(tmp_path, monkeypatch):
+    stale = tmp_path / ".digits.demo-tmp"  # left by a download killed mid-write
+    (stale / "half").mkdir(parents=True)
+    assert invoke("download", "digits", "--demo", "--data-dir", str(tmp_path)).exit_code == 0
+    assert not stale.exists() and (tmp_path / "digits" / ".demo").read_text() == "seed=0\n"
+    result = invoke("download", "digits", "--demo", "--seed", "7", "--data-dir", str(tmp_path))
+    assert result.exit_code == 1 and "made with seed=0; pass --force to remake it with seed=7" in result.output
+    from compkit_digits import Digits
+
+    def broken(self, root, seed=0):
+        (root / "train.csv").write_text("half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Digits, "make_demo", broken)
+    with pytest.raises(OSError):
+        invoke("download", "digits", "--demo", "--force", "--data-dir", str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".digits.lock", "digits"]
+    assert (tmp_path / "digits" / ".demo").read_text() == "seed=0\n"  # the old demo is kept
+
+
+def test_two_demo_downloads_at_once_both_end_with_the_data(tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "compkit", "download", "digits", "--demo", "--force", "--data-dir", str(tmp_path)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [process.communicate(timeout=300)[0].decode() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".digits.lock", "digits"]
+    assert (tmp_path / "digits" / "train.csv").is_file() and (tmp_path / "digits" / ".demo").is_file()
+
+
 def test_upload_goes_through_the_kaggle_client(work, monkeypatch, tmp_path):
     from tests.fake_kaggle import FakeKaggle, point_client_at
 
