@@ -63,13 +63,29 @@ def new_file(folder: str | os.PathLike, stem: str, suffix: str) -> Iterator[Path
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) for the block; other processes wait."""
-    import fcntl
+def locked(path: str | os.PathLike, *, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block.
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    ``wait=False``: if another process holds it, raise an error naming that process instead of waiting.
+    """
+    import fcntl
+    import socket
+
+    from compkit.errors import CompkitError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise CompkitError(f"{path.parent} is in use by {holder}; wait for it to finish, or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
         try:
             yield
         finally:

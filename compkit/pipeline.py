@@ -6,6 +6,7 @@ any step can be rerun alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -165,13 +166,18 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     out_dir = run_dir / f"fold{fold}"
     from compkit import _train
 
-    try:
-        _train.fit_fold(comp, config, table, assignment == fold, root, out_dir, resume=resume, quiet=quiet,
-                        fold=fold)
-    finally:
-        # "latest" moves only to a run with a checkpoint: a run that failed to start is no candidate
-        if _distributed.is_main() and (out_dir / "last.pt").is_file():
-            places.point_latest(runs_root, run)
+    # One training per fold folder: a second one would mix its checkpoints with the first's.
+    with _io.locked(out_dir / ".lock", wait=False) if _distributed.is_main() else contextlib.nullcontext():
+        if _distributed.is_main():
+            for stale in out_dir.glob(".*.tmp"):  # a checkpoint write that a kill interrupted
+                stale.unlink(missing_ok=True)
+        try:
+            _train.fit_fold(comp, config, table, assignment == fold, root, out_dir, resume=resume, quiet=quiet,
+                            fold=fold)
+        finally:
+            # "latest" moves only to a run with a checkpoint: a run that failed to start is no candidate
+            if _distributed.is_main() and (out_dir / "last.pt").is_file():
+                places.point_latest(runs_root, run)
     return out_dir
 
 

@@ -117,6 +117,21 @@ def test_demo_does_not_overwrite_real_data_without_force(tmp_path):
     assert (tmp_path / "digits" / "train.csv").read_text() == "label\n"
 
 
+def test_a_fold_in_training_is_not_trained_twice_at_once_and_stale_temporaries_go(work):
+    from compkit import _io
+
+    path, env = work
+    fold = path / "r" / "digits" / "one" / "fold1"
+    with _io.locked(fold / ".lock"):
+        result = invoke("train", "digits", "--fold", "1", "--run", "one", *FAST, env=env)
+    assert result.exit_code == 1 and f"{fold} is in use by process {os.getpid()}" in result.output
+    assert not (fold / "last.pt").exists()
+    (fold / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    result = invoke("train", "digits", "--fold", "1", "--run", "one", *FAST, env=env)
+    assert result.exit_code == 0, result.output
+    assert (fold / "last.pt").is_file() and not list(fold.glob(".*.tmp"))
+
+
 def test_demo_staging_is_unique_cleaned_and_other_seeds_need_force(tmp_path, monkeypatch):
     stale = tmp_path / ".digits.demo-tmp"  # left by a download killed mid-write
     (stale / "half").mkdir(parents=True)
