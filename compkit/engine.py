@@ -317,9 +317,11 @@ class Engine:
         while a high learning rate moves the weights fast they can be far from what the weights now
         produce, and evaluation-mode predictions collapse although training goes well.
         """
+        if not self.precise_bn:
+            return
         model = self.ema.module if self.ema is not None else self.model
         norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-        if not self.precise_bn or not norms:
+        if not norms:
             return
         from itertools import islice
 

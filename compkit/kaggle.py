@@ -200,7 +200,6 @@ def forced(force: bool = True) -> Iterator[None]:
         _FORCED.reset(token)
 
 
-
 def _fetch(
     root: Path,
     marker_name: str,

@@ -166,9 +166,10 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     out_dir = run_dir / f"fold{fold}"
     from compkit import _train
 
+    main = _distributed.is_main()
     # One training per fold folder: a second one would mix its checkpoints with the first's.
-    with _io.locked(out_dir / ".lock", wait=False) if _distributed.is_main() else contextlib.nullcontext():
-        if _distributed.is_main():
+    with _io.locked(out_dir / ".lock", wait=False) if main else contextlib.nullcontext():
+        if main:
             for stale in out_dir.glob(".*.tmp"):  # a checkpoint write that a kill interrupted
                 stale.unlink(missing_ok=True)
         try:
@@ -176,7 +177,7 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
                             fold=fold)
         finally:
             # "latest" moves only to a run with a checkpoint: a run that failed to start is no candidate
-            if _distributed.is_main() and (out_dir / "last.pt").is_file():
+            if main and (out_dir / "last.pt").is_file():
                 places.point_latest(runs_root, run)
     return out_dir
 
