@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from compkit import _io
-from compkit.datasets import read_image
+from compkit.datasets import check_files, read_image
 from compkit.errors import CompkitError
 
 Reader = Callable[[Path], np.ndarray]
@@ -52,6 +52,7 @@ def resized_images(paths: Sequence[Path], size: int, cache_dir: Path, *, channel
     """
     read = read or (lambda path: read_image(path, channels))
     paths = [Path(p) for p in paths]
+    check_files(paths)
     reader_name = getattr(read, "__qualname__", "read")
     key = fingerprint(paths, size, channels, reader_name)
     # which files (not their contents): two lists cached under one name never evict each other

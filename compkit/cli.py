@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from compkit import __version__
-from compkit.errors import CompkitError
+from compkit.errors import CompkitError, user_message
 
 
 class Group(click.Group):
@@ -22,7 +22,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except CompkitError as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(user_message(error)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

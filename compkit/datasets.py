@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,63 @@ from torch.utils.data import Dataset
 
 from compkit.errors import CompkitError
 
+MAX_IMAGE_PIXELS = 150_000_000  # about 12,000 x 12,000: 450 MB decoded as RGB uint8
+PIXELS_VARIABLE = "COMPKIT_MAX_IMAGE_PIXELS"
+
+
+def pixel_limit() -> int | None:
+    """The most pixels an image may declare: ``COMPKIT_MAX_IMAGE_PIXELS`` (0: no limit) or the default."""
+    value = os.environ.get(PIXELS_VARIABLE, "").strip().replace("_", "")
+    if not value:
+        return MAX_IMAGE_PIXELS
+    if not value.isdigit():
+        raise CompkitError(f"{PIXELS_VARIABLE}={value!r} is not a number of pixels (0 means no limit)")
+    return int(value) or None
+
+
+def check_image(path: Path) -> None:
+    """Refuse a missing file, or one whose header declares more pixels than ``pixel_limit()``, before decoding.
+
+    A 1 MB PNG can declare 20,000 x 20,000 pixels and cost gigabytes once decoded (a decompression bomb).
+    Only the header is read (Pillow). A format Pillow cannot identify is left to the decoder.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise CompkitError(f"image file {path} is missing: check the data folder, or download it again "
+                           "with compkit download NAME --force")
+    limit = pixel_limit()
+    Image.MAX_IMAGE_PIXELS = None  # compkit's limit replaces Pillow's (which warns, then refuses at 2x)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return
+    if limit is not None and width * height > limit:
+        raise CompkitError(f"image {path} declares {width} x {height} = {width * height:,} pixels, more than "
+                           f"the limit of {limit:,} (a decompression bomb?); if it is real, raise the limit "
+                           f"with {PIXELS_VARIABLE}=<pixels> (0: no limit)")
+
+
+def check_files(paths: Sequence[Path]) -> None:
+    """Refuse a list of image files with some missing, before any work starts, naming the first few."""
+    missing = [str(path) for path in paths if not os.path.isfile(path)]
+    if missing:
+        raise CompkitError(f"{len(missing)} of {len(paths)} image files are missing, e.g. {', '.join(missing[:3])}: "
+                           "check the data folder, or download it again with compkit download NAME --force")
+
 
 def read_image(path: Path, channels: int = 3) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, 3) RGB or (H, W) grayscale."""
+    """Decode an image file to uint8 (H, W, 3) RGB or (H, W) grayscale, after ``check_image``."""
+    check_image(path)
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    image = cv2.imread(str(path), flag)
+    try:
+        image = cv2.imread(str(path), flag)
+    except cv2.error as error:  # OpenCV's own size limit (CV_IO_MAX_IMAGE_PIXELS) and decoder failures
+        raise CompkitError(f"cannot decode image {path}: {error.err or error}") from None
     if image is None:
-        raise CompkitError(f"cannot read image {path} (missing or not an image)")
+        raise CompkitError(f"cannot decode image {path} (damaged, truncated or not an image): replace the "
+                           "file, or download the data again with compkit download NAME --force")
     return image if channels == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -101,6 +152,7 @@ class ImageDataset(ArrayDataset):
                  task: str = "classification", channels: int = 3) -> None:
         super().__init__(list(paths), targets, transform, task)
         self.channels = channels
+        check_files(self.images)
 
     def load(self, index: int) -> np.ndarray:
         return read_image(self.images[index], self.channels)

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from compkit.cache import resized_images
-from compkit.datasets import read_image
+from compkit.datasets import check_image, read_image
+from compkit.errors import CompkitError
 
 CACHE_FOLDER = "cache"
 
@@ -24,11 +25,16 @@ def jpeg_reader(size: int) -> Callable[[Path], np.ndarray]:
     from PIL import Image
 
     def read(path: Path) -> np.ndarray:
-        with Image.open(path) as image:
-            full_size = image.size
-            image.draft("RGB", (size, size))  # JPEG only; other formats keep their size
-            if image.size != full_size:
-                return np.asarray(image.convert("RGB"))
+        check_image(path)
+        try:
+            with Image.open(path) as image:
+                full_size = image.size
+                image.draft("RGB", (size, size))  # JPEG only; other formats keep their size
+                if image.size != full_size:
+                    return np.asarray(image.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as error:  # truncated or damaged: Pillow's OSError
+            raise CompkitError(f"cannot decode image {path} ({error}): replace the file, or download the "
+                               "data again with compkit download plant-pathology --force") from None
         return read_image(path)  # no reduced scale covers size: OpenCV's full decode beats Pillow's
 
     return read

@@ -96,6 +96,20 @@ def test_jpeg_reader_decodes_at_a_reduced_scale_that_still_covers_the_size(tmp_p
     assert abs(int(small[50, 120, 0]) - 200) < 8 and small[50, 20].max() < 8  # RGB order kept
 
 
+def test_a_truncated_or_missing_jpeg_is_an_error_naming_the_file(tmp_path):
+    import cv2
+
+    from compkit_plant_pathology.data import jpeg_reader
+
+    cv2.imwrite(str(tmp_path / "leaf.jpg"), np.full((400, 600, 3), 90, np.uint8))
+    data = (tmp_path / "leaf.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CompkitError, match=r"cannot decode image .*cut\.jpg .*truncated.*--force"):
+        jpeg_reader(100)(tmp_path / "cut.jpg")
+    with pytest.raises(CompkitError, match=r"image file .*gone\.jpg is missing"):
+        jpeg_reader(100)(tmp_path / "gone.jpg")
+
+
 def test_dense_cross_entropy_matches_the_formula_and_hard_label_ce():
     loss = registry.get().loss("dense-ce")
     logits = torch.randn(6, 4)
