@@ -182,16 +182,16 @@ def plugins_command() -> None:
 
 
 def add_plugin_commands(group: click.Group) -> None:
-    """Let each plugin add commands; a failing plugin is recorded, the CLI still works."""
+    """Let each plugin add commands; a failing plugin, or one replacing a command, is recorded."""
     from compkit import plugins
 
-    manager = plugins.manager()
-    for impl in manager.implementations("register_commands"):
-        before = set(group.commands)
-        if manager.run(impl, cli=group):
-            manager.plugins[impl.plugin_name].commands.extend(sorted(set(group.commands) - before))
+    plugins.manager().add_commands(group)
 
 
 def main() -> None:
-    add_plugin_commands(cli)
+    try:
+        add_plugin_commands(cli)  # loads the plugins; a real Ctrl-C meanwhile still stops, quietly
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
     cli(prog_name="compkit")

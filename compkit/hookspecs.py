@@ -33,7 +33,7 @@ def register_losses(register: Callable[[str, Callable[[], Any]], None]) -> None:
 
 @hookspec
 def register_commands(cli: click.Group) -> None:
-    """When the CLI is built: add click commands to ``cli``."""
+    """When the CLI is built: add click commands to ``cli`` (new names only; replacing or removing one is refused)."""
 
 
 @hookspec

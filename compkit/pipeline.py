@@ -233,7 +233,7 @@ def submit(name: str, where: Places, *, run: str | None = None, fold_spec: str =
 
 
 def plugin_report() -> list[str]:
-    """Lines describing each plugin: version, what it registers, or why it failed."""
+    """Lines describing each plugin: version, what it registers, and why it failed (if it did)."""
     from compkit import plugins
 
     lines = []
@@ -249,5 +249,8 @@ def plugin_report() -> list[str]:
         parts = [f"{kind}: {', '.join(names)}" for kind, names in
                  (("competitions", plugin.competitions), ("models", plugin.models),
                   ("losses", plugin.losses), ("commands", plugin.commands)) if names]
+        if plugin.error:
+            lines.append(f"{head}: FAILED: {plugin.error}" + (f" (still loaded: {'; '.join(parts)})" if parts else ""))
+            continue
         lines.append(f"{head}: {'; '.join(parts) or 'registers nothing'}")
     return lines

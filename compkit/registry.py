@@ -1,6 +1,7 @@
 """Names -> competitions, model factories and loss factories, gathered from every plugin.
 
-Two plugins registering the same name is an error naming both. Unknown names list what exists.
+A name two plugins register is refused to both, recorded against both naming both (their other
+registrations keep working). Unknown names list what exists.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Registry:
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
         self.owners: dict[str, dict[str, str]] = {"competition": {}, "model": {}, "loss": {}}
+        self.clashes: dict[str, dict[str, str]] = {"competition": {}, "model": {}, "loss": {}}  # name -> why
         self.competitions: dict[str, Competition] = {}
         self.models: dict[str, Callable[..., Any]] = {}
         self.losses: dict[str, Callable[[], Any]] = {}
@@ -46,9 +48,9 @@ class Registry:
                 continue  # recorded as failed; what it registered before failing is dropped
             plugin = impl.plugin_name
             for name, obj in added:
-                self._claim(kind, name, plugin)
-                table[name] = obj
-                getattr(self.manager.plugins[plugin], PLURAL[kind]).append(name)
+                if self._claim(kind, name, plugin, table):
+                    table[name] = obj
+                    getattr(self.manager.plugins[plugin], PLURAL[kind]).append(name)
 
     @staticmethod
     def _add_factory(name: Any, factory: Any) -> tuple[str, Any]:
@@ -66,18 +68,29 @@ class Registry:
             raise CompkitError(f"{type(competition).__name__} has no name")
         return competition.name, competition
 
-    def _claim(self, kind: str, name: str, plugin: str) -> None:
-        owner = self.owners[kind].get(name)
-        if owner is not None and owner != plugin:
-            raise CompkitError(
-                f"{kind} {name!r} is registered by two plugins: {owner} and {plugin}; uninstall one of them"
-            )
-        self.owners[kind][name] = plugin
+    def _claim(self, kind: str, name: str, plugin: str, table: dict) -> bool:
+        """Whether ``plugin`` may have ``name``; on a clash neither plugin gets it, and both are told."""
+        owner = self.owners[kind].setdefault(name, plugin)
+        if owner == plugin:
+            return name not in self.clashes[kind]
+        table.pop(name, None)
+        names = getattr(self.manager.plugins[owner], PLURAL[kind])
+        if name in names:
+            names.remove(name)
+        records = self.manager.plugins
+        message = (f"{kind} {name!r} is registered by two plugins: {records[owner].who()} and "
+                   f"{records[plugin].who()}; neither is used: uninstall one of them")
+        self.clashes[kind].setdefault(name, message)
+        self.manager.note(owner, message)
+        self.manager.note(plugin, message)
+        return False
 
     # -- lookups ------------------------------------------------------------------------------
 
     def competition(self, name: str) -> Competition:
         """The registered competition ``name``; unknown names list the installed ones."""
+        if name in self.clashes["competition"]:
+            raise CompkitError(self.clashes["competition"][name])
         if name not in self.competitions:
             installed = ", ".join(sorted(self.competitions)) or "none"
             raise CompkitError(f"unknown competition {name!r}; installed: {installed}. {INSTALL_HINT}")
@@ -86,6 +99,8 @@ class Registry:
     def model(self, name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False) -> torch.nn.Module:
         """Build model ``family/variant`` (or ``family``) with ``num_classes`` outputs."""
         family, _, variant = name.partition("/")
+        if family in self.clashes["model"]:
+            raise CompkitError(self.clashes["model"][family])
         if family not in self.models:
             families = ", ".join(f"{f}/..." if f in ("timm", "unet") else f for f in sorted(self.models))
             raise CompkitError(f"unknown model family {family!r} in {name!r}; available: {families}")
@@ -93,6 +108,8 @@ class Registry:
 
     def loss(self, name: str) -> torch.nn.Module:
         """Build the registered loss ``name``."""
+        if name in self.clashes["loss"]:
+            raise CompkitError(self.clashes["loss"][name])
         if name not in self.losses:
             raise CompkitError(f"unknown loss {name!r}; available: {', '.join(sorted(self.losses))}")
         return self.losses[name]()
