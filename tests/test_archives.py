@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import shutil
 import stat
 import sys
 import tarfile
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from compkit import archives
 from compkit.archives import extract, is_archive
 from compkit.errors import CompkitError
 
@@ -243,3 +246,137 @@ def test_missing_py7zr_says_how_to_install_it(tmp_path, monkeypatch):
 def test_is_archive_knows_the_suffixes():
     assert all(is_archive(name) for name in ["a.zip", "b.7z", "c.tar", "d.tar.gz", "e.TGZ"])
     assert not any(is_archive(name) for name in ["a.csv", "b.png", "c.gz", "zip"])
+
+
+# ---- archive bombs: a limit on how much an archive may expand to ----
+
+ZEROS = {"zeros.bin": bytes(16 << 20), "note.txt": b"hello"}  # 16 MiB that compress to 3-17 kB
+WRITERS = {".zip": write_zip, ".7z": write_7z, ".tar.gz": write_tar}
+
+
+def assert_refused_cleanly(tmp_path: Path, archive: Path, target: Path, caught) -> str:
+    message = str(caught.value)
+    assert message.startswith(f"refusing to extract {archive}:")
+    assert tree(target) == {"mine.txt": b"mine"}  # the target is as it was
+    assert not any(name.endswith(".extracting") for name in leftovers(tmp_path))
+    return message
+
+
+@pytest.mark.parametrize("suffix", list(WRITERS))
+def test_bomb_over_a_lowered_limit_is_refused_and_leaves_nothing(tmp_path, monkeypatch, suffix):
+    archive = WRITERS[suffix](tmp_path / f"bomb{suffix}", ZEROS)
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "mine.txt").write_bytes(b"mine")
+    monkeypatch.setenv("COMPKIT_MAX_EXTRACT", "1M")
+    with pytest.raises(CompkitError) as caught:
+        extract(archive, target, progress=False)
+    message = assert_refused_cleanly(tmp_path, archive, target, caught)
+    # A tar is counted member by member as its stream is read, so it stops at the first one over.
+    expands = "at least 16.0 MiB" if suffix == ".tar.gz" else "16.0 MiB"
+    assert f"it would expand to {expands}, over the limit of 1.0 MiB" in message
+    assert "1.0 MiB (set by COMPKIT_MAX_EXTRACT=1M)" in message
+    assert "raise COMPKIT_MAX_EXTRACT" in message
+
+
+def test_default_limit_is_a_ratio_of_the_archive_size_and_can_be_raised(tmp_path, monkeypatch):
+    monkeypatch.delenv("COMPKIT_MAX_EXTRACT", raising=False)
+    monkeypatch.setattr(archives, "RATIO_FLOOR", 1 << 20)  # so that 16 MiB is a bomb by default
+    archive = write_zip(tmp_path / "bomb.zip", ZEROS)  # about 16 kB: a ratio of 1000
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "mine.txt").write_bytes(b"mine")
+    with pytest.raises(CompkitError) as caught:
+        extract(archive, target, progress=False)
+    message = assert_refused_cleanly(tmp_path, archive, target, caught)
+    size = archive.stat().st_size
+    assert f"over the limit of {100 * size / 1024 / 1024:.1f} MiB (100 x the archive's" in message
+    assert "COMPKIT_MAX_EXTRACT=<size> (for example 50G)" in message
+    # Each way of raising it lets the archive through.
+    monkeypatch.setenv("COMPKIT_MAX_EXTRACT", "off")
+    assert tree(Path(extract(archive, tmp_path / "off", progress=False)[0]).parent) == ZEROS
+    monkeypatch.setenv("COMPKIT_MAX_EXTRACT", "1M")
+    extract(archive, tmp_path / "keyword", progress=False, max_size="17M")  # the argument wins
+    assert tree(tmp_path / "keyword") == ZEROS
+
+
+def test_free_disk_space_bounds_extraction_whatever_the_setting(tmp_path, monkeypatch):
+    real = shutil.disk_usage
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: real(path)._replace(total=100 << 30, free=(1 << 30) + (8 << 20))
+    )
+    archive = write_tar(tmp_path / "big.tar.gz", ZEROS)
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "mine.txt").write_bytes(b"mine")
+    with pytest.raises(CompkitError) as caught:
+        extract(archive, target, progress=False, max_size="off")
+    message = assert_refused_cleanly(tmp_path, archive, target, caught)
+    assert "over the limit of 8.0 MiB (1.0 GiB free on the disk of" in message
+    assert "less 1.0 GiB kept free). Free some space" in message
+
+
+# A tar needs no such count: tarfile writes exactly the size each member declares.
+@pytest.mark.parametrize("suffix", [".zip", ".7z"])
+def test_archive_that_lies_about_its_size_is_stopped_while_it_is_written(tmp_path, monkeypatch, suffix):
+    # As if the headers declared nothing: only the count of bytes written can stop it.
+    monkeypatch.setattr(archives._Budget, "declare", lambda self, size, at_least=False: None)
+    archive = WRITERS[suffix](tmp_path / f"bomb{suffix}", ZEROS)
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "mine.txt").write_bytes(b"mine")
+    with pytest.raises(CompkitError) as caught:
+        extract(archive, target, progress=False, max_size="1M")
+    message = assert_refused_cleanly(tmp_path, archive, target, caught)
+    assert "it expands to more than its headers declare (stopped after writing" in message
+    assert "over the limit of 1.0 MiB" in message
+
+
+def test_zip_whose_central_directory_understates_a_size_writes_no_more(tmp_path, monkeypatch):
+    archive = write_zip(tmp_path / "liar.zip", {"zeros.bin": bytes(16 << 20)})
+    data = bytearray(archive.read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    data[entry + 24 : entry + 28] = (1000).to_bytes(4, "little")  # uncompressed size: 1000 bytes
+    archive.write_bytes(bytes(data))
+    monkeypatch.setenv("COMPKIT_MAX_EXTRACT", "1M")  # the declared 1000 bytes pass
+    written = []
+    real_spend = archives._Budget.spend
+    monkeypatch.setattr(
+        archives._Budget, "spend", lambda self, size: (written.append(size), real_spend(self, size))
+    )
+    with pytest.raises(CompkitError, match=r"liar\.zip.*corrupt"):  # its checksum fails at the stated end
+        extract(archive, tmp_path / "data", progress=False)
+    assert sum(written) <= 1000  # zipfile stops reading at the stated size
+    assert leftovers(tmp_path) == ["liar.zip"]
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".7z", ".tar", ".tar.gz"])
+def test_archive_within_a_lowered_limit_still_extracts(tmp_path, monkeypatch, suffix):
+    writer = {".zip": write_zip, ".7z": write_7z}.get(suffix, write_tar)
+    archive = writer(tmp_path / f"data{suffix}", FILES)
+    monkeypatch.setenv("COMPKIT_MAX_EXTRACT", f"{sum(map(len, FILES.values()))}")  # exactly what it holds
+    extract(archive, tmp_path / "data", progress=False)
+    assert tree(tmp_path / "data") == FILES
+
+
+@pytest.mark.parametrize("setting", ["lots", "0", "-5G", "5 parsecs"])
+def test_a_limit_that_is_not_a_size_is_explained(tmp_path, monkeypatch, setting):
+    archive = write_zip(tmp_path / "data.zip", FILES)
+    monkeypatch.setenv("COMPKIT_MAX_EXTRACT", setting)
+    with pytest.raises(CompkitError, match=rf"COMPKIT_MAX_EXTRACT='{re.escape(setting)}' is not a size.*50G"):
+        extract(archive, tmp_path / "data", progress=False)
+    assert leftovers(tmp_path) == ["data.zip"]
+
+
+@pytest.mark.parametrize(
+    "setting, size",
+    [
+        ("1024", 1024),
+        ("50G", 50 << 30),
+        ("1.5t", int(1.5 * (1 << 40))),
+        ("500 MiB", 500 << 20),
+        ("off", None),
+    ],
+)
+def test_limit_settings_are_read_in_binary_units(setting, size):
+    assert archives._parse_limit(setting, "COMPKIT_MAX_EXTRACT") == size
