@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,12 @@ from compkit.errors import CompkitError
 
 
 def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask: np.ndarray, root: Path,
-             out_dir: Path, *, resume: bool, quiet: bool, fold: int) -> dict[str, Any]:
-    """Train on the rows outside ``valid_mask``, validate on the rest; files go to ``out_dir``."""
+             out_dir: Path, *, resume: bool, quiet: bool, fold: int,
+             after_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train on the rows outside ``valid_mask``, validate on the rest; files go to ``out_dir``.
+
+    ``after_epoch(epoch)`` runs once each epoch's checkpoint is written (main process only).
+    """
     import torch
 
     torch.manual_seed(config.seed)  # the same initial weights for every fold and every rerun
@@ -29,12 +34,18 @@ def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask:
     optimizer = optim.build_optimizer(model, config)
     steps = optim.optimizer_steps_per_epoch(len(train_loader), config.accumulate)
     schedule = optim.build_scheduler(optimizer, config, steps, higher_is_better=comp.higher_is_better)
+
+    def epoch_ended(epoch: int, metrics: dict[str, Any]) -> None:
+        if after_epoch is not None:
+            after_epoch(epoch)
+        notify(comp, fold, epoch, metrics)
+
     with make_engine(comp, config, model, reg.loss(config.loss), optimizer, schedule, quiet=quiet) as trainer:
         return trainer.fit(
             train_loader, valid_loader, epochs=config.epochs, score=comp.score, metric=comp.metric,
             higher_is_better=comp.higher_is_better, out_dir=out_dir, patience=config.patience, resume=resume,
             config=config.to_dict(), valid_ids=valid_table[comp.id_column].astype(str).tolist(),
-            on_epoch_end=lambda epoch, metrics: notify(comp, fold, epoch, metrics),
+            on_epoch_end=epoch_ended,
         )
 
 

@@ -90,6 +90,14 @@ def read(root: Path) -> pd.DataFrame:
     return folds
 
 
+def same(first: pd.DataFrame, second: pd.DataFrame) -> bool:
+    """Whether two splits give every id the same fold, in the same order."""
+    def normal(split: pd.DataFrame) -> pd.DataFrame:
+        return split.astype({split.columns[0]: str, "fold": np.int64}).reset_index(drop=True)
+
+    return normal(first).equals(normal(second))
+
+
 def write(root: Path, folds: pd.DataFrame, *, force: bool = False) -> bool:
     """Write ``folds.csv``; True if written, False if an identical split is already there.
 
@@ -99,7 +107,7 @@ def write(root: Path, folds: pd.DataFrame, *, force: bool = False) -> bool:
     path = Path(root) / FILE_NAME
     if path.is_file() and not force:
         existing = read(root)
-        if existing.equals(folds.astype({"fold": np.int64}).reset_index(drop=True)):
+        if same(existing, folds):
             return False
         raise CompkitError(
             f"{path} already holds a different split ({existing['fold'].nunique()} folds, "

@@ -115,8 +115,8 @@ def _data_root(comp: Competition, where: Places) -> Path:
     return root
 
 
-def _fold_table(comp: Competition, root: Path, config: Config) -> tuple[Any, Any]:
-    """The train table and each row's fold, making folds.csv first if it is missing.
+def _fold_table(comp: Competition, root: Path, config: Config) -> tuple[Any, Any, Any]:
+    """The train table, the split (folds.csv) and each row's fold, making folds.csv first if it is missing.
 
     Under torchrun every process computes the same split from the seed; only rank 0 writes it.
     """
@@ -128,7 +128,7 @@ def _fold_table(comp: Competition, root: Path, config: Config) -> tuple[Any, Any
         if _distributed.is_main():
             folds.write(root, split)
             echo(f"made {root / folds.FILE_NAME} ({config.n_folds} folds, seed {config.seed})")
-    return table, folds.assignments(table, split, comp.id_column)
+    return table, split, folds.assignments(table, split, comp.id_column)
 
 
 # -- train ------------------------------------------------------------------------------------
@@ -150,18 +150,19 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     root = _data_root(comp, where)
     runs_root = where.runs / name
     if resume:
-        run = places.resolve_run(runs_root, run)
+        run = _run_to_resume(runs_root, run, fold)
         config = Config.from_dict(json.loads((runs_root / run / "config.json").read_text()))
         config = config.replace(**(overrides or {}))
     else:
         config = recipe(comp, recipe_path, overrides or {})
         run = places.check_run_name(run or places.agreed_run_id(runs_root, _distributed.rank(),
                                                                 _distributed.world_size()))
-    table, assignment = _fold_table(comp, root, config)
+    table, split, assignment = _fold_table(comp, root, config)
     n_folds = int(assignment.max()) + 1
     if not 0 <= fold < n_folds:
         raise CompkitError(f"fold {fold} does not exist; folds.csv has folds 0..{n_folds - 1}")
     run_dir = _start_run(runs_root, run, config)
+    _check_split(run_dir, split, root)
     echo(f"{comp.name} fold {fold} -> {run_dir}\n{_format_config(config)}")
     out_dir = run_dir / f"fold{fold}"
     from compkit import _train
@@ -172,14 +173,49 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
         if main:
             for stale in out_dir.glob(".*.tmp"):  # a checkpoint write that a kill interrupted
                 stale.unlink(missing_ok=True)
-        try:
-            _train.fit_fold(comp, config, table, assignment == fold, root, out_dir, resume=resume, quiet=quiet,
-                            fold=fold)
-        finally:
-            # "latest" moves only to a run with a checkpoint: a run that failed to start is no candidate
-            if main and (out_dir / "last.pt").is_file():
-                places.point_latest(runs_root, run)
+        # "latest" moves with each checkpoint, not when the run ends (which a kill never reaches); a run
+        # that failed before its first checkpoint is no candidate
+        _train.fit_fold(comp, config, table, assignment == fold, root, out_dir, resume=resume, quiet=quiet,
+                        fold=fold, after_epoch=(lambda _: places.point_latest(runs_root, run)) if main else None)
+        if main and (out_dir / "last.pt").is_file():
+            places.point_latest(runs_root, run)  # a resumed run that had no epoch left to train
     return out_dir
+
+
+def _run_to_resume(runs_root: Path, run: str | None, fold: int) -> str:
+    """``run``, or the run ``latest`` names; refused when a newer run started ``fold`` and was stopped
+    before its first checkpoint (``latest`` still names the run before it, which --resume would continue)."""
+    resolved = places.resolve_run(runs_root, run)
+    if (run and run != places.LATEST) or not (runs_root / resolved / "config.json").is_file():
+        return resolved
+    started = (runs_root / resolved / "config.json").stat().st_mtime
+    for other in places.list_runs(runs_root):
+        config = runs_root / other / "config.json"
+        fold_dir = runs_root / other / f"fold{fold}"
+        if (other != resolved and config.is_file() and config.stat().st_mtime > started and fold_dir.is_dir()
+                and not (fold_dir / "last.pt").exists()):
+            name = runs_root.name
+            raise CompkitError(
+                f"run {other} (newer than {resolved}, which 'latest' names) started fold {fold} and stopped before "
+                f"its first checkpoint; say which run to resume: compkit train {name} --fold {fold} --resume "
+                f"--run-name {other} (starts it from epoch 1) or --run-name {resolved}"
+            )
+    return resolved
+
+
+def _check_split(run_dir: Path, split: Any, root: Path) -> None:
+    """Keep the run's split beside its config; refuse to train another fold once folds.csv has changed."""
+    saved = run_dir / folds.FILE_NAME
+    if saved.is_file():
+        if not folds.same(folds.read(run_dir), split):
+            raise CompkitError(
+                f"{root / folds.FILE_NAME} is not the split run {run_dir.name} was trained on (it was remade "
+                "since, e.g. by compkit folds --force), so this fold would validate on rows other folds "
+                f"trained on: train a new run (--run-name NEW), or put the run's split back with: cp {saved} "
+                f"{root / folds.FILE_NAME}"
+            )
+    elif _distributed.is_main():
+        _io.write_csv(saved, split)
 
 
 def _start_run(runs_root: Path, run: str, config: Config) -> Path:
@@ -243,9 +279,6 @@ def plugin_report() -> list[str]:
         lines.append(f"error: {error}")
     for plugin in plugins.manager().plugins.values():
         head = f"{plugin.name} ({plugin.distribution} {plugin.version})"
-        if plugin.error:
-            lines.append(f"{head}: FAILED: {plugin.error}")
-            continue
         parts = [f"{kind}: {', '.join(names)}" for kind, names in
                  (("competitions", plugin.competitions), ("models", plugin.models),
                   ("losses", plugin.losses), ("commands", plugin.commands)) if names]
