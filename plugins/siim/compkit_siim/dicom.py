@@ -27,10 +27,13 @@ def read_dicom(path: Path) -> np.ndarray:
     try:
         pixels = dataset.pixel_array
     except Exception as error:  # pydicom raises RuntimeError/NotImplementedError when no decoder fits
-        raise CompkitError(
-            f"cannot decode the pixels of {path} (transfer syntax {dataset.file_meta.get('TransferSyntaxUID')}): "
-            f"{error}. JPEG-compressed DICOM needs Pillow: pip install pillow"
-        ) from None
+        syntax = dataset.file_meta.get("TransferSyntaxUID")
+        text = str(error)
+        no_decoder = getattr(syntax, "is_compressed", False) and any(
+            word in text.lower() for word in ("plugin", "handler", "required", "pillow"))
+        advice = ("JPEG-compressed DICOM needs Pillow: pip install pillow" if no_decoder else
+                  "the file looks damaged or truncated: download the data again with compkit download siim --force")
+        raise CompkitError(f"cannot decode the pixels of {path} (transfer syntax {syntax}): {text}. {advice}") from None
     if pixels.ndim == 3 and pixels.shape[-1] == 3:
         pixels = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
     if pixels.ndim != 2:

@@ -32,10 +32,31 @@ def read_labels(path: Path) -> pd.DataFrame:
             "(as in train-rle.csv or stage_2_train.csv)"
         )
     frame = frame[[ID_COLUMN, RLE_COLUMN]].apply(lambda column: column.str.strip())
-    blank = frame.index[frame[ID_COLUMN] == ""]
-    if len(blank):
-        raise CompkitError(f"{path} has rows without an ImageId (data rows {blank[:5].tolist()})")
+    _check_rows(path, frame.reset_index(drop=True))
     return frame.reset_index(drop=True)
+
+
+def _check_rows(path: Path, frame: pd.DataFrame) -> None:
+    """Refuse rows the organisers' rules do not allow, naming their lines (line 1 is the header).
+
+    Every row needs an ImageId and an EncodedPixels value (``-1`` for no pneumothorax); an image
+    with regions has no ``-1`` row, since the two say opposite things.
+    """
+    def lines(rows) -> str:
+        return ", ".join(str(row + 2) for row in list(rows)[:5])
+
+    for column in (ID_COLUMN, RLE_COLUMN):
+        blank = frame.index[frame[column] == ""]
+        if len(blank):
+            advice = " (write -1 for an image without pneumothorax)" if column == RLE_COLUMN else ""
+            raise CompkitError(f"{path} has {len(blank)} row(s) with an empty {column}, on line(s) {lines(blank)}"
+                               + advice)
+    empty = frame[RLE_COLUMN].map(rle.is_empty)
+    both = sorted(set(frame.loc[empty, ID_COLUMN]) & set(frame.loc[~empty, ID_COLUMN]))
+    if both:
+        rows = frame.index[frame[ID_COLUMN] == both[0]]
+        raise CompkitError(f"{path}: image {both[0]} has both a -1 row (no pneumothorax) and region rows, on lines "
+                           f"{lines(rows)} ({len(both)} image(s) like it): remove its -1 row or its regions")
 
 
 def regions_by_image(labels: pd.DataFrame) -> dict[str, list[str]]:

@@ -69,3 +69,34 @@ def test_a_file_with_another_header_is_refused_by_name(tmp_path):
 def test_a_missing_file_says_how_to_get_it(tmp_path):
     with pytest.raises(CompkitError, match="compkit download siim"):
         read_labels(tmp_path / "train-rle.csv")
+
+
+def test_an_empty_cell_or_an_image_both_empty_and_with_regions_is_refused_naming_the_lines(tmp_path):
+    encoded = rle.encode(region(slice(0, 3), slice(0, 4)), relative=True)
+    path = write(tmp_path / "empty.csv", "ImageId,EncodedPixels", [("a", encoded), ("b", ""), ("c", "-1")], ",")
+    with pytest.raises(CompkitError, match=r"empty\.csv has 1 row\(s\) with an empty EncodedPixels, on line\(s\) 3 "
+                                           r"\(write -1 for an image without pneumothorax\)"):
+        read_labels(path)
+    path = write(tmp_path / "noid.csv", "ImageId,EncodedPixels", [("a", encoded), ("", "-1")], ",")
+    with pytest.raises(CompkitError, match=r"noid\.csv has 1 row\(s\) with an empty ImageId, on line\(s\) 3$"):
+        read_labels(path)
+    rows = [("a", encoded), ("b", "-1"), ("a", "-1")]
+    path = write(tmp_path / "mixed.csv", "ImageId, EncodedPixels", rows, ", ")
+    with pytest.raises(CompkitError, match=r"mixed\.csv: image a has both a -1 row \(no pneumothorax\) and region "
+                                           r"rows, on lines 2, 4 \(1 image\(s\) like it\)"):
+        read_labels(path)
+
+
+def test_a_truncated_dicom_says_it_is_damaged_not_that_pillow_is_missing(tmp_path):
+    from compkit_siim import dicom
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    for compress in (False, True):
+        whole = tmp_path / f"whole-{compress}.dcm"
+        dicom.write_dicom(whole, image, "1.2.3", "1.2", "1.2.4", compress=compress)
+        data = whole.read_bytes()
+        cut = tmp_path / f"cut-{compress}.dcm"
+        cut.write_bytes(data[: len(data) - len(data) // 3])
+        with pytest.raises(CompkitError, match=r"cut-.*\.dcm .*damaged or truncated.*--force") as raised:
+            dicom.read_dicom(cut)
+        assert "Pillow" not in str(raised.value)
