@@ -6,6 +6,7 @@ An interrupted run never leaves a half-written checkpoint, table or submission b
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import tempfile
@@ -13,19 +14,60 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# torch.save reports a failed write as a RuntimeError from its zip writer, without the errno
+TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter", "file write failed")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write that failed for lack of space (or quota), torch's included."""
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL
+    return isinstance(error, RuntimeError) and any(mark in str(error) for mark in TORCH_WRITE_FAILED)
+
+
+def disk_full_message(path: str | os.PathLike | None, *, cleaned: bool = True) -> str:
+    """One line naming ``path`` (the working directory's disk when None), its free space and what to do."""
+    import shutil
+
+    folder = Path(path).parent if path else Path.cwd()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    what = f"could not write {path}" if path else "a write failed"
+    return (f"{what}: the disk is full ({free / 2**20:.0f} MiB free on {folder})"
+            + ("; nothing was left half-written" if cleaned else "")
+            + ". Free some space, or point COMPKIT_DATA_DIR / COMPKIT_RUNS_DIR / COMPKIT_SUBMISSIONS_DIR at "
+            "another disk, then run the command again")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    A full disk is a CompkitError naming ``path``; the temporary is removed on every path out.
+    """
+    from compkit.errors import CompkitError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        if is_disk_full(error):
+            raise CompkitError(disk_full_message(path)) from None
+        raise
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error):
+            raise
+        tmp.unlink(missing_ok=True)
+        raise CompkitError(disk_full_message(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -40,16 +82,19 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
 
 
 @contextlib.contextmanager
-def new_file(folder: str | os.PathLike, stem: str, suffix: str) -> Iterator[Path]:
+def new_file(folder: str | os.PathLike, stem: str, suffix: str, *, beside: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield ``folder/stem+suffix``, or ``stem-2``, ``stem-3``... : a name no other writer holds.
 
     The name is claimed by creating the file empty (``O_EXCL``), so two processes in the same second
-    never write one file; when the block fails, the claim is removed.
+    never write one file; when the block fails, the claim is removed. A name whose file with one of the
+    ``beside`` suffixes exists is skipped too.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for number in itertools.count(1):
         path = folder / f"{stem}{'' if number == 1 else f'-{number}'}{suffix}"
+        if any(path.with_suffix(other).exists() for other in beside):
+            continue
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             break

@@ -39,14 +39,17 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
     predictions = postprocess.apply(probabilities, params) if params else probabilities
     frame = comp.submission(test_table, predictions)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    with _io.new_file(out_dir, stamp, ".csv") as path:  # two submits in one second get two files
-        submission.write(frame, path, comp.read_sample(root), comp.labels())
+    # The sidecar claims the name (two submits in one second get two) and is written first: a kill
+    # in between leaves a sidecar without its CSV, never a CSV nobody can trace back to its run.
+    with _io.new_file(out_dir, stamp, ".json", beside=(".csv",)) as sidecar_path:
         sidecar = {
             "competition": comp.name, "run": run_dir.name, "folds": folds, "tta": view_mode,
             "cv_score": cv["score"], "fold_scores": cv["folds"], "metric": comp.metric, "postprocess": params,
             "config": config.to_dict(), "rows": len(frame), "code_version": code_version(comp),
         }
-        _io.write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2, default=str) + "\n")
+        _io.write_text(sidecar_path, json.dumps(sidecar, indent=2, default=str) + "\n")
+        path = sidecar_path.with_suffix(".csv")
+        submission.write(frame, path, comp.read_sample(root), comp.labels())  # checked, then written atomically
     return path
 
 

@@ -23,6 +23,12 @@ class Group(click.Group):
             return super().invoke(ctx)
         except CompkitError as error:
             raise click.ClickException(user_message(error)) from None
+        except OSError as error:
+            from compkit import _io
+
+            if not _io.is_disk_full(error):
+                raise
+            raise click.ClickException(_io.disk_full_message(error.filename, cleaned=False)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

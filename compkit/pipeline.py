@@ -82,6 +82,10 @@ def _make_demo(comp: Competition, root: Path, *, force: bool, seed: int) -> Path
             (staging / ".demo").write_text(f"seed={seed}\n", encoding="utf-8")
             shutil.rmtree(root, ignore_errors=True)
             staging.rename(root)
+        except OSError as error:
+            if _io.is_disk_full(error):
+                raise CompkitError(_io.disk_full_message(root)) from None
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     echo(f"wrote demo data for {comp.name} to {root}")

@@ -102,6 +102,30 @@ def test_submit_writes_a_checked_file_and_a_sidecar(work):
     assert result.exit_code == 1 and "have no best.pt; trained folds: [0]" in result.output
 
 
+def test_the_sidecar_is_written_before_its_csv_and_a_failed_submit_leaves_neither(work, monkeypatch):
+    from compkit import submission
+
+    path, env = work
+    real_write = submission.write
+    seen = {}
+
+    def write(frame, csv, *args, **kwargs):
+        seen["sidecar"] = json.loads(csv.with_suffix(".json").read_text())  # already there, complete
+        if seen.get("fail"):
+            raise KeyboardInterrupt  # as a kill between the two files would
+        return real_write(frame, csv, *args, **kwargs)
+
+    monkeypatch.setattr(submission, "write", write)
+    before = set((path / "s" / "digits").glob("*"))
+    result = invoke("submit", "digits", "--run", "one", "--device", "cpu", env=env)
+    assert result.exit_code == 0 and seen["sidecar"]["run"] == "one"
+    seen["fail"] = True
+    result = CliRunner().invoke(cli, ["submit", "digits", "--run", "one", "--device", "cpu"], env=env)
+    assert result.exit_code == 130
+    made = set((path / "s" / "digits").glob("*")) - before
+    assert sorted(p.suffix for p in made) == [".csv", ".json"]  # the first submit's pair, nothing of the second
+
+
 def test_folds_refuses_a_different_split_without_force(work):
     _, env = work
     result = invoke("folds", "digits", "--n-folds", "3", env=env)
