@@ -1,6 +1,6 @@
 """Does compkit learn like a plain loop on real data? The digits demo recipe, side by side.
 
-compkit: ``compkit train digits --fold 0 --recipe competitions/digits-demo.toml`` on scikit-learn's
+compkit: ``compkit train digits --fold 0 --recipe demo`` on scikit-learn's
 real digit scans (the demo data). Plain: a hand-written PyTorch loop with no compkit code, on the
 same fold: the same timm ResNet-18, albumentations transforms, AdamW without decay on 1-d
 parameters, cosine schedule with warm-up per step, batch size and seed, and BatchNorm statistics
@@ -27,7 +27,9 @@ import timm
 import torch
 from torch import nn
 
-RECIPE = Path(__file__).resolve().parents[1] / "competitions" / "digits-demo.toml"
+import compkit_digits
+
+RECIPE = Path(compkit_digits.__file__).parent / "recipes" / "digits-demo.toml"
 
 
 def run_compkit(work: Path, sets: list[str]) -> pd.DataFrame:

@@ -6,7 +6,6 @@ Importing this loads no torch, so ``compkit --help`` stays fast with any number 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -110,8 +109,8 @@ def folds(name: str, n_folds: int, seed: int, force: bool, data_dir: str | None)
               help="Run id (default: a new timestamp; with --resume: latest; env COMPKIT_RUN). "
                    "Under torchrun spell it --run-name: torchrun takes --run for its --run-path.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from fold<K>/last.pt.")
-@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
-              help="Recipe TOML (default competitions/NAME.toml if present).")
+@click.option("--recipe", help="A recipe TOML file, or the name of one the plugin ships, e.g. demo "
+              "(default competitions/NAME.toml if present).")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
@@ -122,7 +121,7 @@ def folds(name: str, n_folds: int, seed: int, force: bool, data_dir: str | None)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @data_option
 @runs_option
-def train(name: str, fold: int, run: str | None, resume: bool, recipe: Path | None, sets: tuple[str, ...],
+def train(name: str, fold: int, run: str | None, resume: bool, recipe: str | None, sets: tuple[str, ...],
           quiet: bool, data_dir: str | None, runs_dir: str | None, **flags: Any) -> None:
     """Train one fold; writes runs/NAME/<run>/fold<K>/.
 

@@ -132,6 +132,22 @@ class Competition:
             raise CompkitError(f"{self.name}: sample submission {path} is missing; run compkit download {self.name}")
         return pd.read_csv(path, dtype={self.id_column: str}, keep_default_na=False)
 
+    def recipes(self) -> dict[str, Path]:
+        """The recipes the plugin ships, by name: ``<package>/recipes/<competition>-<name>.toml`` (a name
+        has no ``-``, so ``siim-classification-demo.toml`` is not a recipe of ``siim``).
+
+        ``compkit train NAME --recipe demo`` finds ``<package>/recipes/NAME-demo.toml`` from any folder.
+        """
+        from importlib.resources import files
+
+        folder = files(type(self).__module__.split(".")[0]) / "recipes"
+        if not folder.is_dir():
+            return {}
+        prefix = f"{self.name}-"
+        return {entry.name[len(prefix):-len(".toml")]: Path(str(entry)) for entry in folder.iterdir()
+                if entry.name.startswith(prefix) and entry.name.endswith(".toml")
+                and "-" not in entry.name[len(prefix):-len(".toml")]}
+
     def describe(self) -> str:
         """A one-line summary for listings."""
         return f"{self.name}: {self.title or self.name} ({self.task}, {self.metric})"

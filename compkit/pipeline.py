@@ -138,16 +138,31 @@ def _fold_table(comp: Competition, root: Path, config: Config) -> tuple[Any, Any
 # -- train ------------------------------------------------------------------------------------
 
 
-def recipe(comp: Competition, recipe_path: Path | None, overrides: dict[str, Any]) -> Config:
-    """The competition's defaults <- the recipe TOML <- CLI overrides."""
-    if recipe_path is not None and not recipe_path.is_file():
-        raise CompkitError(f"recipe {recipe_path} does not exist")
-    path = recipe_path or Path("competitions") / f"{comp.name}.toml"
-    return resolve(comp.defaults, path, overrides)
+def recipe(comp: Competition, recipe_path: str | Path | None, overrides: dict[str, Any]) -> Config:
+    """The competition's defaults <- the recipe <- CLI overrides.
+
+    The recipe is a TOML file, or the name of one the plugin ships (``demo``: see
+    ``Competition.recipes``); without one, ``competitions/NAME.toml`` in the working folder if present.
+    """
+    return resolve(comp.defaults, recipe_file(comp, recipe_path), overrides)
+
+
+def recipe_file(comp: Competition, recipe_path: str | Path | None) -> Path:
+    """The TOML file ``--recipe`` names (a path, or a recipe the plugin ships)."""
+    if recipe_path is None:
+        return Path("competitions") / f"{comp.name}.toml"
+    path = Path(recipe_path)
+    if path.is_file():
+        return path
+    shipped = comp.recipes()
+    if str(recipe_path) in shipped:
+        return shipped[str(recipe_path)]
+    names = ", ".join(sorted(shipped)) or "none"
+    raise CompkitError(f"recipe {recipe_path} is neither a file nor a recipe {comp.name} ships (it ships: {names})")
 
 
 def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | None = None,
-          recipe_path: Path | None = None, run: str | None = None, resume: bool = False,
+          recipe_path: str | Path | None = None, run: str | None = None, resume: bool = False,
           quiet: bool = False) -> Path:
     """Train one fold; returns runs/NAME/<run>/fold<K>."""
     comp = competition(name)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import compkit_digits
 from compkit.config import read_toml
 from compkit.testing import CompetitionContract, end_to_end
 
@@ -29,12 +30,12 @@ def test_demo_is_in_kaggles_layout(tmp_path):
     assert train.iloc[:, 1:].to_numpy().max() == 255
 
 
-DEMO_RECIPE = Path(__file__).parents[3] / "competitions" / "digits-demo.toml"
+DEMO_RECIPE = Path(compkit_digits.__file__).parent / "recipes" / "digits-demo.toml"
 
 
 @pytest.mark.slow
 def test_demo_recipe_learns_real_digits_from_the_first_epochs(tmp_path):
-    # competitions/digits-demo.toml as shipped, on scikit-learn's real scans: about a minute on two
+    # the shipped demo recipe, on scikit-learn's real scans: about a minute on two
     # CPU cores. Validation must follow training from the start, not jump when the lr reaches zero
     # (the old recipe sat at chance, 0.09-0.20, for six of its eight epochs).
     recipe = read_toml(DEMO_RECIPE)
