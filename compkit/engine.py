@@ -37,11 +37,16 @@ from compkit.optim import Schedule, optimizer_steps_per_epoch
 
 # The training loop reads losses back from the device only every this many batches: a read is a
 # CUDA synchronisation, and one per batch would leave the GPU idle while Python queues the next step.
+# Each epoch also reads them at its last batch, and one shorter than SYNC_EVERY at its half too, so
+# even a short epoch's bar shows the loss and speed.
 SYNC_EVERY = 20
 # Validation loss above this many times the training loss for DIVERGED_EPOCHS epochs in a row gets
 # one note naming the usual causes.
 DIVERGED_RATIO = 10.0
 DIVERGED_EPOCHS = 3
+# curves.png draws the loss on a log axis once the validation loss spans this factor (a spike would
+# flatten every other epoch against the x axis).
+LOG_LOSS_RATIO = 10.0
 # float16's loss scaler skips a step whose gradients overflowed and halves its scale; a few skips are
 # normal, a long run of them means the gradients are NaN at any scale.
 MAX_SKIPPED_STEPS = 50
@@ -86,9 +91,10 @@ class Engine:
     ``amp``: "bf16" | "fp16" | "off" (CUDA only; CPU runs float32). ``ema``: decay of a weight EMA
     (0 = off) that is then evaluated, saved and used by ``predict``. ``precise_bn``: before each
     validation, recompute BatchNorm's running statistics as a plain average over this many training
-    batches with the epoch's final weights (0 = off: keep training's running averages). Under
-    torchrun the process group is set up here; use the Engine as a context manager (or call
-    ``close()``) to leave it cleanly.
+    batches with the epoch's final weights (0 = off: keep training's running averages). ``quiet``
+    hides the progress bars and notes; the line per epoch and the final best line always print (on
+    the main process). Under torchrun the process group is set up here; use the Engine as a context
+    manager (or call ``close()``) to leave it cleanly.
     """
 
     def __init__(
@@ -176,10 +182,11 @@ class Engine:
         """Print ``message`` once per process (rank 0, unless quiet)."""
         if message not in _NOTED and not self.quiet:
             _NOTED.add(message)
-            print(f"note: {message}", file=sys.stderr)
+            tqdm.write(f"note: {message}", file=sys.stderr)  # above an active progress bar, not on its line
 
     def _say(self, message: str) -> None:
-        if not self.quiet:
+        """Print ``message`` on the main process, quiet or not."""
+        if self.main:
             tqdm.write(message)
 
     def close(self) -> None:
@@ -230,6 +237,8 @@ class Engine:
                 self._fit_epoch(epoch, epochs, train_loader, valid_loader, run, state, patience)
         except KeyboardInterrupt:
             raise CompkitError(self._interrupted_message(epoch, state, run)) from None
+        if state.best_epoch:
+            self._say(_best_line(state, run.metric))
         return {
             "metric": metric,
             "best_score": state.best_score,
@@ -276,7 +285,7 @@ class Engine:
         """One epoch: train, evaluate, keep the best, write the files, decide on early stopping."""
         started = time.perf_counter()
         self._seed_epoch(epoch, train_loader)
-        train_loss, images_per_second = self._train_epoch(train_loader, epoch, state)
+        train_loss, images_per_second = self._train_epoch(train_loader, epoch, epochs, state)
         self._recompute_batchnorm(train_loader)
         valid = self._evaluate(valid_loader)
         value, valid_loss = self._score(valid, run)
@@ -305,7 +314,7 @@ class Engine:
         self._check_divergence(state.history)
         if self.main:
             self._write_epoch(run, state, valid if improved else None)
-            self._say(_summary_line(row, epochs, run.metric, improved, state.stopped_early))
+            self._say(_summary_line(row, epochs, run.metric, improved, state.stopped_early, state.history))
             if run.on_epoch_end is not None:
                 run.on_epoch_end(epoch, dict(row))
 
@@ -361,31 +370,33 @@ class Engine:
 
     # -- one training epoch ------------------------------------------------------------------------------
 
-    def _train_epoch(self, loader: DataLoader, epoch: int, state: FitState) -> tuple[float, float]:
+    def _train_epoch(self, loader: DataLoader, epoch: int, epochs: int, state: FitState) -> tuple[float, float]:
         """Train on every batch of ``loader`` once; (mean loss over all processes, images per second)."""
         self.network.train()
         batches = len(loader)
+        halfway = batches // 2 if batches < SYNC_EVERY else 0
         window = _LossWindow()
         started = time.perf_counter()
-        progress = self._progress(loader, f"epoch {epoch}")
-        for index, batch in enumerate(progress):
-            images = self._to_device(batch["image"])
-            target = self._to_device(batch["target"])
-            update = (index + 1) % self.accumulate == 0 or index + 1 == batches
-            with self._gradient_sync(update):
-                with self._autocast():
-                    loss = self.loss(self.network(images), target)
-                self._backward(loss, self._group_size(index, batches))
-            if update and self._optimizer_step(epoch, index):
-                state.step += 1
-                self._after_step(state.step)
-            window.add(loss.detach(), len(images))
-            if (index + 1) % SYNC_EVERY == 0 or index + 1 == batches:
-                self._check_losses(window.flush(), epoch, index, batches)
-                progress.set_postfix(
-                    loss=f"{window.mean:.4f}", img_s=f"{window.images / _since(started):,.0f}"
-                )
-        progress.close()
+        # The context closes the bar on an error or Ctrl-C too, so the message is not printed on its line.
+        with self._progress(loader, f"epoch {epoch}/{epochs}") as progress:
+            for index, batch in enumerate(progress):
+                images = self._to_device(batch["image"])
+                target = self._to_device(batch["target"])
+                update = (index + 1) % self.accumulate == 0 or index + 1 == batches
+                with self._gradient_sync(update):
+                    with self._autocast():
+                        loss = self.loss(self.network(images), target)
+                    self._backward(loss, self._group_size(index, batches))
+                if update and self._optimizer_step(epoch, index):
+                    state.step += 1
+                    self._after_step(state.step)
+                window.add(loss.detach(), len(images))
+                commit = (index + 1) % SYNC_EVERY == 0 or index + 1 == batches
+                if commit or index + 1 == halfway:
+                    losses, mean = window.read(commit)
+                    self._check_losses(losses, epoch, index, batches)
+                    speed = window.images / _since(started)
+                    progress.set_postfix({"loss": f"{mean:.4f}", "img/s": f"{speed:,.0f}"})
         seconds = _since(started)
         total, count, images = _distributed.sum_all([window.total, window.count, window.images], self.device)
         return total / max(1, count), images / seconds
@@ -500,8 +511,9 @@ class Engine:
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
         probabilities, targets, loss_sum, count = [], [], torch.zeros((), device=self.device), 0
-        with torch.inference_mode(), self._autocast():
-            for batch in self._progress(loader, "predict" if views else "valid"):
+        progress = self._progress(loader, "predict" if views else "valid")
+        with torch.inference_mode(), self._autocast(), progress:
+            for batch in progress:
                 images = self._to_device(batch["image"])
                 if views:
                     from compkit import tta
@@ -621,7 +633,7 @@ class Engine:
             _io.torch_save(self._checkpoint(state, run, full=False), run.out_dir / "best.pt")
             _write_oof(run.out_dir / "oof.npz", best, run.valid_ids)
         _io.write_csv(run.out_dir / "metrics.csv", _frame(state.history))
-        _write_curves(run.out_dir / "curves.png", state.history, run.metric)
+        _write_curves(run.out_dir / "curves.png", state.history, run.metric, state.best_epoch)
         _io.torch_save(self._checkpoint(state, run, full=True), run.out_dir / "last.pt")
 
 
@@ -646,7 +658,7 @@ class _Run:
 
 
 class _LossWindow:
-    """Batch losses kept on the device until ``flush`` reads them all back in one synchronisation."""
+    """Batch losses kept on the device until ``read`` reads them all back in one synchronisation."""
 
     def __init__(self) -> None:
         self.pending: list[tuple[torch.Tensor, int]] = []
@@ -658,19 +670,21 @@ class _LossWindow:
         self.pending.append((loss, images))
         self.images += images
 
-    def flush(self) -> torch.Tensor:
-        """float32 (B,): the pending batch losses, now on the CPU; the finite ones join the mean."""
+    def read(self, commit: bool = True) -> tuple[torch.Tensor, float]:
+        """(the pending batch losses, float32 (B,) on the CPU; the mean of the finite losses so far).
+
+        ``commit`` adds the pending losses to ``total`` and clears them; a read without it leaves them
+        pending, so the epoch's mean sums the same groups (the same float rounding) read early or not.
+        """
         losses = torch.stack([loss.float() for loss, _ in self.pending]).cpu()
         sizes = torch.tensor([images for _, images in self.pending], dtype=torch.float32)
         finite = torch.isfinite(losses)
-        self.total += float((losses[finite] * sizes[finite]).sum())
-        self.count += int(sizes[finite].sum())
-        self.pending.clear()
-        return losses
-
-    @property
-    def mean(self) -> float:
-        return self.total / max(1, self.count)
+        total = self.total + float((losses[finite] * sizes[finite]).sum())
+        count = self.count + int(sizes[finite].sum())
+        if commit:
+            self.total, self.count = total, count
+            self.pending.clear()
+        return losses, total / max(1, count)
 
 
 def _since(started: float) -> float:
@@ -756,30 +770,82 @@ def _write_oof(path: Path, predictions: Predictions, valid_ids: Sequence[str] | 
         np.savez(handle, ids=ids, probabilities=predictions.probabilities, targets=targets)
 
 
-def _write_curves(path: Path, history: list[dict[str, Any]], metric: str) -> None:
-    """curves.png: train/valid loss and the metric per epoch."""
-    # The object API with an Agg canvas leaves pyplot's global backend (e.g. a notebook's) alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    epochs = [row["epoch"] for row in history]
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    FigureCanvasAgg(figure)
-    losses, scores = figure.subplots(1, 2)
-    losses.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
-    losses.plot(epochs, [row["valid_loss"] for row in history], marker="o", label="valid")
-    losses.set(xlabel="epoch", ylabel="loss", title="loss")
-    losses.legend()
-    scores.plot(epochs, [row[metric] for row in history], marker="o", color="tab:green")
-    scores.set(xlabel="epoch", ylabel=metric, title=f"valid {metric}")
+def _write_curves(path: Path, history: list[dict[str, Any]], metric: str, best_epoch: int) -> None:
+    """curves.png: loss, metric and learning rate per epoch, titled by the run folder."""
+    figure = _curves_figure(history, metric, best_epoch, _curves_title(path.parent))
     with _io.atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=80)
 
 
-def _summary_line(row: dict[str, Any], epochs: int, metric: str, improved: bool, stopping: bool) -> str:
+def _curves_figure(history: list[dict[str, Any]], metric: str, best_epoch: int = 0, title: str = "") -> Any:
+    """The matplotlib Figure of curves.png: axes "loss", "valid METRIC", "learning rate"."""
+    # The object API with an Agg canvas leaves pyplot's global backend (e.g. a notebook's) alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(14, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    losses, scores, rates = figure.subplots(1, 3)
+    losses.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
+    losses.plot(epochs, [row["valid_loss"] for row in history], marker="o", label="valid")
+    valid = [row["valid_loss"] for row in history if math.isfinite(row["valid_loss"])]
+    if valid and min(valid) > 0 and max(valid) > LOG_LOSS_RATIO * min(valid):
+        losses.set_yscale("log")
+    losses.set(xlabel="epoch", ylabel="loss", title="loss")
+    scores.plot(epochs, [row[metric] for row in history], marker="o", color="tab:green")
+    scores.set(xlabel="epoch", ylabel=metric, title=f"valid {metric}")
+    best = [row for row in history if row["epoch"] == best_epoch]
+    if best:
+        for axes in (losses, scores):
+            axes.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+        scores.plot([best_epoch], [best[0][metric]], marker="*", markersize=16, color="tab:red", linestyle="",
+                    label=f"best: epoch {best_epoch}, {best[0][metric]:.5f}")
+        scores.legend()
+    losses.legend()
+    rates.plot(epochs, [row["lr"] for row in history], marker="o", color="tab:purple")
+    rates.set(xlabel="epoch", ylabel="lr", title="learning rate")
+    for axes in (losses, scores, rates):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def _curves_title(out_dir: Path) -> str:
+    """"NAME, run RUN, fold K" for a runs/NAME/RUN/foldK folder; else the folder's name."""
+    if out_dir.name.startswith("fold") and out_dir.name[4:].isdigit() and len(out_dir.parts) >= 3:
+        return f"{out_dir.parent.parent.name}, run {out_dir.parent.name}, fold {out_dir.name[4:]}"
+    return out_dir.name
+
+
+def _summary_line(row: dict[str, Any], epochs: int, metric: str, improved: bool, stopping: bool,
+                  history: Sequence[dict[str, Any]] = ()) -> str:
+    """The line printed after each epoch; ``history`` (the epochs so far) gives the run's ETA."""
     line = (
         f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  valid_loss {row['valid_loss']:.4f}  "
-        f"{metric} {row[metric]:.5f}{' *' if improved else '  '}  lr {row['lr']:.2e}  "
+        f"{metric} {row[metric]:.5f}{' new best' if improved else ' ' * 9}  lr {row['lr']:.2e}  "
         f"{row['images_per_second']:,.0f} img/s  {row['seconds']:.1f}s"
     )
-    return line + ("  (early stop)" if stopping else "")
+    remaining = epochs - row["epoch"]
+    if stopping:
+        return line + "  (early stop)"
+    if remaining > 0 and history:
+        line += f"  eta {_duration(remaining * sum(past['seconds'] for past in history) / len(history))}"
+    return line
+
+
+def _best_line(state: FitState, metric: str) -> str:
+    """The line printed when fit ends: the best epoch, its score and validation loss."""
+    return f"best: epoch {state.best_epoch}, {metric} {state.best_score:.5f} (valid loss {_best_loss(state):.4f})"
+
+
+def _duration(seconds: float) -> str:
+    """42s, 3m05s, 2h07m."""
+    seconds = math.ceil(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
