@@ -108,10 +108,11 @@ def new_file(folder: str | os.PathLike, stem: str, suffix: str, *, beside: tuple
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike, *, wait: bool = True) -> Iterator[None]:
+def locked(path: str | os.PathLike, *, wait: bool = True, what: str | os.PathLike | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) for the block.
 
-    ``wait=False``: if another process holds it, raise an error naming that process instead of waiting.
+    ``wait=False``: if another process holds it, raise an error naming that process and ``what`` the
+    lock guards (default: the lock's folder) instead of waiting.
     """
     import fcntl
     import socket
@@ -126,7 +127,7 @@ def locked(path: str | os.PathLike, *, wait: bool = True) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise CompkitError(f"{path.parent} is in use by {holder}; wait for it to finish, or stop it") from None
+            raise CompkitError(f"{what or path.parent} is in use by {holder}; wait for it to finish, or stop it") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")

@@ -14,27 +14,34 @@ from compkit import _io, _train, postprocess, registry, submission, tta
 from compkit.competition import Competition
 from compkit.config import Config
 from compkit.errors import CompkitError
-from compkit.pipeline import echo
+from compkit.pipeline import echo, table
 
 SEARCH_LIMIT = 1000
 
 
 def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path, *, fold_spec: str = "all",
-                    tta: str | None = None, device: str | None = None, batch_size: int | None = None) -> Path:
-    """Write ``out_dir/<stamp>.csv`` and its ``.json`` sidecar; returns the CSV path."""
+                    tta: str | None = None, device: str | None = None, batch_size: int | None = None,
+                    allow_unfinished: bool = False) -> Path:
+    """Write ``out_dir/<stamp>.csv`` and its ``.json`` sidecar; returns the CSV path.
+
+    A fold whose training did not end (interrupted, or still running) is refused unless
+    ``allow_unfinished``; the sample submission is read before anything is predicted.
+    """
     config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
     folds = choose_folds(run_dir, fold_spec)
+    trained = fold_records(run_dir, folds, allow_unfinished)
     view_mode = tta or config.tta
+    comp.read_sample(root)  # missing or unreadable: say so now, not after the whole test set
     cv = cross_validation(comp, run_dir, folds)
-    echo(f"CV {comp.metric}: {cv['score']:.5f} over folds {', '.join(map(str, folds))}"
-         + "".join(f"\n  fold {k}: {s:.5f}" for k, s in cv["folds"].items()))
+    echo(f"CV {comp.metric}: {cv['score']:.5f} over folds {', '.join(map(str, folds))}\n"
+         + fold_table(cv["folds"], trained))
     params = None
     if comp.task == "segmentation":
         chosen = search_sample(len(cv["targets"]), config.seed)
         params = postprocess.search(cv["probabilities"][chosen], cv["targets"][chosen], triple=comp.triple_threshold)
         _io.write_text(run_dir / "postprocess.json", json.dumps(params, indent=2) + "\n")
         echo(f"post-processing chosen on out-of-fold predictions: {params}")
-    test_table = comp.test_table(root)
+    test_table = table(comp, root, "test")
     probabilities = predict(comp, config, root, run_dir, folds, test_table, view_mode, device, batch_size)
     predictions = postprocess.apply(probabilities, params) if params else probabilities
     frame = comp.submission(test_table, predictions)
@@ -46,6 +53,8 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
             "competition": comp.name, "run": run_dir.name, "folds": folds, "tta": view_mode,
             "cv_score": cv["score"], "fold_scores": cv["folds"], "metric": comp.metric, "postprocess": params,
             "config": config.to_dict(), "rows": len(frame), "code_version": code_version(comp),
+            "written": datetime.datetime.now().isoformat(timespec="seconds"), "fold_training": trained,
+            "demo_data": (root / ".demo").exists(),
         }
         _io.write_text(sidecar_path, json.dumps(sidecar, indent=2, default=str) + "\n")
         path = sidecar_path.with_suffix(".csv")
@@ -68,6 +77,36 @@ def choose_folds(run_dir: Path, spec: str) -> list[int]:
     if missing:
         raise CompkitError(f"fold(s) {missing} of run {run_dir.name} have no best.pt; trained folds: {trained}")
     return wanted
+
+
+def fold_records(run_dir: Path, folds: list[int], allow_unfinished: bool) -> dict[int, dict[str, Any] | None]:
+    """Each fold's training record (``fold.json``: epochs, best epoch and score), None if it never ended."""
+    from compkit.pipeline import DONE
+
+    records = {}
+    for k in folds:
+        path = run_dir / f"fold{k}" / DONE
+        records[k] = json.loads(path.read_text()) if path.is_file() else None
+    unfinished = [k for k, record in records.items() if record is None]
+    if unfinished and not allow_unfinished:
+        raise CompkitError(
+            f"fold(s) {unfinished} of run {run_dir.name} did not finish training (interrupted, or still running): "
+            f"resume them with compkit train NAME --fold K --resume --run-name {run_dir.name}, leave them out with "
+            "--folds, or use them as they are with --allow-unfinished"
+        )
+    return records
+
+
+def fold_table(scores: dict[int, float], records: dict[int, dict[str, Any] | None]) -> str:
+    """One line per fold: its out-of-fold score, the epoch it comes from and the epochs trained."""
+    lines = []
+    for k, score in scores.items():
+        record = records.get(k)
+        trained = ("unfinished" if record is None else
+                   f"best epoch {record['best_epoch']} of {record['epochs_run']}/{record['epochs']}"
+                   + (", stopped early" if record.get("stopped_early") else ""))
+        lines.append(f"  fold {k}: {score:.5f}  ({trained})")
+    return "\n".join(lines)
 
 
 def cross_validation(comp: Competition, run_dir: Path, folds: list[int]) -> dict[str, Any]:
@@ -108,18 +147,35 @@ def predict(comp: Competition, config: Config, root: Path, run_dir: Path, folds:
 
 
 def code_version(comp: Competition) -> dict[str, str]:
-    """compkit's version, the competition plugin's version and the git commit, when known."""
-    from compkit import __version__
+    """The installed versions of compkit and of the competition's plugin, and for each that runs from a
+    git checkout the commit of that checkout (not of the working folder)."""
+    import sys
+
+    import compkit
 
     reg = registry.get()
     plugin = reg.manager.plugins.get(reg.owners["competition"].get(comp.name, ""), None)
-    version = {"compkit": __version__}
+    sources = {"compkit": (compkit.__version__, Path(compkit.__file__).parent)}
     if plugin is not None:
-        version[plugin.distribution] = plugin.version
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        version["git"] = commit
-    except (OSError, subprocess.SubprocessError):
-        pass
+        module = sys.modules.get(type(comp).__module__)
+        sources[plugin.distribution] = (plugin.version, Path(module.__file__).parent if module else None)
+    version = {}
+    for name, (installed, folder) in sources.items():
+        version[name] = installed
+        commit = _commit(folder) if folder else None
+        if commit:
+            version[f"{name} commit"] = commit
     return version
+
+
+def _commit(folder: Path) -> str | None:
+    """The short commit of the git checkout holding ``folder`` ("+dirty" with local changes), or None."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

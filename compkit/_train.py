@@ -17,10 +17,12 @@ from compkit.errors import CompkitError
 
 def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask: np.ndarray, root: Path,
              out_dir: Path, *, resume: bool, quiet: bool, fold: int,
+             on_start: Callable[[], None] | None = None,
              after_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train on the rows outside ``valid_mask``, validate on the rest; files go to ``out_dir``.
 
-    ``after_epoch(epoch)`` runs once each epoch's checkpoint is written (main process only).
+    ``on_start()`` runs once the model and data are ready, before the first epoch; ``after_epoch(epoch)``
+    once each epoch's checkpoint is written.
     """
     import torch
 
@@ -41,6 +43,8 @@ def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask:
         notify(comp, fold, epoch, metrics)
 
     with make_engine(comp, config, model, reg.loss(config.loss), optimizer, schedule, quiet=quiet) as trainer:
+        if on_start is not None:
+            on_start()
         return trainer.fit(
             train_loader, valid_loader, epochs=config.epochs, score=comp.score, metric=comp.metric,
             higher_is_better=comp.higher_is_better, out_dir=out_dir, patience=config.patience, resume=resume,

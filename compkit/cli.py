@@ -35,17 +35,19 @@ class Group(click.Group):
 
 def data_option(function):
     return click.option("--data-dir", envvar="COMPKIT_DATA_DIR", type=click.Path(file_okay=False),
-                        help="Parent of data/NAME (default ./data; env COMPKIT_DATA_DIR).")(function)
+                        help="Folder that replaces ./data: a competition's data goes to DIR/NAME "
+                             "(env COMPKIT_DATA_DIR).")(function)
 
 
 def runs_option(function):
     return click.option("--runs-dir", envvar="COMPKIT_RUNS_DIR", type=click.Path(file_okay=False),
-                        help="Parent of runs/NAME (default ./runs; env COMPKIT_RUNS_DIR).")(function)
+                        help="Folder that replaces ./runs: runs go to DIR/NAME/<run> (env COMPKIT_RUNS_DIR).")(function)
 
 
 def submissions_option(function):
     return click.option("--submissions-dir", envvar="COMPKIT_SUBMISSIONS_DIR", type=click.Path(file_okay=False),
-                        help="Parent of submissions/NAME (default ./submissions; env COMPKIT_SUBMISSIONS_DIR).")(function)
+                        help="Folder that replaces ./submissions: files go to DIR/NAME "
+                             "(env COMPKIT_SUBMISSIONS_DIR).")(function)
 
 
 def places(data_dir: str | None = None, runs_dir: str | None = None, submissions_dir: str | None = None):
@@ -102,7 +104,13 @@ def folds(name: str, n_folds: int, seed: int, force: bool, data_dir: str | None)
     pipeline.make_folds(name, places(data_dir), n_folds=n_folds, seed=seed, force=force)
 
 
-@cli.command()
+def _config_epilog() -> str:
+    from compkit import config
+
+    return "\b\nConfig keys (--set KEY=VALUE, or a recipe TOML), with their defaults:\n" + config.help_text()
+
+
+@cli.command(epilog=_config_epilog())
 @click.argument("name")
 @click.option("--fold", type=int, default=0, show_default=True, help="The fold to validate on.")
 @click.option("--run-name", "--run", "run", envvar="COMPKIT_RUN",
@@ -111,14 +119,14 @@ def folds(name: str, n_folds: int, seed: int, force: bool, data_dir: str | None)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from fold<K>/last.pt.")
 @click.option("--recipe", help="A recipe TOML file, or the name of one the plugin ships, e.g. demo "
               "(default competitions/NAME.toml if present).")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--model", help="Registered model, e.g. timm/resnet18 or unet/resnet34.")
-@click.option("--image-size", type=int)
-@click.option("--device", help="auto, cpu, cuda or cuda:N.")
+@click.option("--epochs", type=int, help="Passes over the training folds (config key epochs).")
+@click.option("--batch-size", type=int, help="Images per step and process (batch_size).")
+@click.option("--lr", type=float, help="The body's learning rate (lr).")
+@click.option("--model", help="Registered model, e.g. timm/resnet18 or unet/resnet34 (compkit plugins lists them).")
+@click.option("--image-size", type=int, help="Square side in pixels the images are resized to (image_size).")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key; repeatable.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars or notes; the epoch lines and the best line still print.")
 @data_option
 @runs_option
 def train(name: str, fold: int, run: str | None, resume: bool, recipe: str | None, sets: tuple[str, ...],
@@ -131,15 +139,15 @@ def train(name: str, fold: int, run: str | None, resume: bool, recipe: str | Non
       compkit train siim --fold 0 --resume
       torchrun --nproc_per_node 2 -m compkit train siim --fold 0   # several GPUs
       COMPKIT_RUN=r1 torchrun --nproc_per_node 2 -m compkit train siim --fold 1
+      compkit train digits --fold 0 --recipe demo    # a recipe the plugin ships
     """
     from compkit import pipeline
     from compkit.config import parse_sets
 
     overrides = {key: value for key, value in flags.items() if value is not None}
     overrides.update(parse_sets(sets))
-    out = pipeline.train(name, fold, places(data_dir, runs_dir), overrides=overrides, recipe_path=recipe,
-                         run=run, resume=resume, quiet=quiet)
-    pipeline.echo(f"fold {fold} done: {out}")
+    pipeline.train(name, fold, places(data_dir, runs_dir), overrides=overrides, recipe_path=recipe, run=run,
+                   resume=resume, quiet=quiet)
 
 
 @cli.command()
@@ -152,12 +160,13 @@ def train(name: str, fold: int, run: str | None, resume: bool, recipe: str | Non
 @click.option("--batch-size", type=int, help="Prediction batch size (default: the run's).")
 @click.option("--upload", is_flag=True, help="Submit to Kaggle after writing the file.")
 @click.option("--message", help="Submission description for --upload.")
+@click.option("--allow-unfinished", is_flag=True, help="Use folds whose training did not end (interrupted).")
 @data_option
 @runs_option
 @submissions_option
 def submit(name: str, run: str | None, fold_spec: str, tta: str | None, device: str | None,
-           batch_size: int | None, upload: bool, message: str | None, data_dir: str | None,
-           runs_dir: str | None, submissions_dir: str | None) -> None:
+           batch_size: int | None, upload: bool, message: str | None, allow_unfinished: bool,
+           data_dir: str | None, runs_dir: str | None, submissions_dir: str | None) -> None:
     """Predict the test set and write submissions/NAME/<stamp>.csv.
 
     \b
@@ -168,8 +177,23 @@ def submit(name: str, run: str | None, fold_spec: str, tta: str | None, device: 
     from compkit import pipeline
 
     path = pipeline.submit(name, places(data_dir, runs_dir, submissions_dir), run=run, fold_spec=fold_spec,
-                           tta=tta, upload=upload, message=message, device=device, batch_size=batch_size)
+                           tta=tta, upload=upload, message=message, device=device, batch_size=batch_size,
+                           allow_unfinished=allow_unfinished)
     click.echo(f"wrote {path}")
+
+
+@cli.command(name="competitions")
+def competitions_command() -> None:
+    """List every installed competition: title, task, metric, Kaggle slug, demo and shipped recipes.
+
+    \b
+    Example:
+      compkit competitions
+    """
+    from compkit import pipeline
+
+    for line in pipeline.competition_table():
+        click.echo(line)
 
 
 @cli.command(name="plugins")

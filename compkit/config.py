@@ -41,12 +41,12 @@ class Config:
     pretrained: bool = False  # ImageNet weights for the model (needs them downloaded once)
     loss: str = "ce"  # registered loss name
     image_size: int = 224  # square side in pixels the images are resized to
-    epochs: int = 10
-    batch_size: int = 32
+    epochs: int = 10  # passes over the training folds
+    batch_size: int = 32  # images per step and process
     lr: float = 1e-3  # the body's learning rate
     head_lr_multiplier: float = 1.0  # the classifier head trains at lr * this (10 for fine-tunes)
     optimizer: str = "adamw"  # adam | adamw | sgd
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # decoupled (adamw) or L2; never on norms and biases
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     scheduler: str = "cosine"  # cosine | onecycle | step | plateau | none
@@ -62,8 +62,8 @@ class Config:
     precise_bn: int = 0  # recompute BatchNorm statistics on this many train batches before validating, 0 is off
     patience: int = 0  # early stopping after this many epochs without improvement, 0 is off
     tta: str = "hflip"  # none | hflip | vflip | flips | d4
-    n_folds: int = 5
-    seed: int = 42
+    n_folds: int = 5  # folds of a new split (an existing folds.csv decides)
+    seed: int = 42  # the split, the initial weights and every augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = -1  # DataLoader workers, -1 picks from the available cores
     gpu_data: bool = False  # small images only: hold the training set on the GPU as uint8
@@ -94,6 +94,27 @@ class Config:
 def keys() -> list[str]:
     """The valid config keys, in declaration order."""
     return [field.name for field in dataclasses.fields(Config)]
+
+
+def docs() -> dict[str, str]:
+    """Each key's one-line doc: the comment after its field in ``Config``'s source."""
+    import inspect
+    import re
+
+    found = {}
+    for line in inspect.getsource(Config).splitlines():
+        match = re.match(r"\s{4}(\w+): [^=]+=[^#]*#\s*(.+)$", line)
+        if match:
+            found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+def help_text() -> str:
+    """The config keys with their defaults and docs, for ``compkit train --help``."""
+    defaults, documented = Config().to_dict(), docs()
+    width = max(map(len, defaults))
+    return "\n".join(f"  {key:<{width}}  {defaults[key]!s:<14} {documented.get(key, '')}".rstrip()
+                     for key in defaults)
 
 
 def _field_type(name: str) -> type:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,14 +125,21 @@ def default_workers() -> int:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """A torch.device from "auto" | "cpu" | "cuda" | "cuda:N"; under torchrun "auto"/"cuda" is cuda:LOCAL_RANK."""
+    """A torch.device from "auto" | "cpu" | "cuda" | "cuda:N" | "mps"; under torchrun "auto"/"cuda" is
+    cuda:LOCAL_RANK. Any other name, or a device this machine lacks, is an error saying what exists."""
     name = str(device)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise CompkitError(f"device {name!r} is not a device name: use auto, cpu, cuda, cuda:N or mps")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CompkitError(
             f"device {name!r} was asked for but torch sees no CUDA device; use device=auto or cpu"
         )
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise CompkitError(f"device {name!r} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CompkitError("device 'mps' was asked for but torch sees no Apple GPU; use device=auto or cpu")
     if name == "cuda":
         return torch.device("cuda", _distributed.local_rank())
     return torch.device(name)

@@ -20,6 +20,7 @@ from compkit.errors import CompkitError
 from compkit.places import Places
 
 RUNTIME_KEYS = {"device", "num_workers", "epochs", "patience", "tta"}  # may differ between folds of a run
+DONE = "fold.json"  # written when a fold's training ends: its epochs, best epoch and score
 
 
 def echo(message: str) -> None:
@@ -48,11 +49,17 @@ def download(name: str, where: Places, *, demo: bool = False, force: bool = Fals
         shutil.rmtree(root)
     if (root / ".demo").exists():
         raise CompkitError(f"{root} holds demo data; pass --force to replace it with the real data")
+    made = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     from compkit import kaggle
 
-    with kaggle.forced(force):
-        comp.download(root)
+    try:
+        with kaggle.forced(force):
+            comp.download(root)
+    except BaseException:
+        if made and not any(path.is_file() for path in root.rglob("*")):
+            shutil.rmtree(root, ignore_errors=True)  # a failed first download leaves no empty data/NAME
+        raise
     return root
 
 
@@ -99,7 +106,7 @@ def make_folds(name: str, where: Places, *, n_folds: int = 5, seed: int = 42, fo
     """Write data/NAME/folds.csv and print the size of each fold."""
     comp = competition(name)
     root = _data_root(comp, where)
-    split = _split(comp, comp.train_table(root), n_folds, seed)
+    split = _split(comp, table(comp, root, 'train'), n_folds, seed)
     written = folds.write(root, split, force=force)
     sizes = ", ".join(f"{k}: {n}" for k, n in split["fold"].value_counts().sort_index().items())
     echo(f"{'wrote' if written else 'unchanged (same split)'} {root / folds.FILE_NAME} ({sizes})")
@@ -114,9 +121,18 @@ def _split(comp: Competition, table: Any, n_folds: int, seed: int) -> Any:
 
 def _data_root(comp: Competition, where: Places) -> Path:
     root = where.data_root(comp.name)
-    if not root.is_dir():
+    if not root.is_dir() or not any(path.is_file() for path in root.iterdir() if path.name != ".compkit"):
         raise CompkitError(f"no data in {root}; run: compkit download {comp.name} (or --demo for a synthetic twin)")
     return root
+
+
+def table(comp: Competition, root: Path, stage: str) -> Any:
+    """``comp.train_table`` or ``comp.test_table``; a file the plugin does not find is an error saying what to do."""
+    try:
+        return comp.train_table(root) if stage == "train" else comp.test_table(root)
+    except FileNotFoundError as error:
+        raise CompkitError(f"{error.filename or error} is missing from {root}: run compkit download {comp.name} "
+                           "(--force to fetch everything again)") from None
 
 
 def _fold_table(comp: Competition, root: Path, config: Config) -> tuple[Any, Any, Any]:
@@ -124,15 +140,15 @@ def _fold_table(comp: Competition, root: Path, config: Config) -> tuple[Any, Any
 
     Under torchrun every process computes the same split from the seed; only rank 0 writes it.
     """
-    table = comp.train_table(root)
+    rows = table(comp, root, "train")
     if (root / folds.FILE_NAME).is_file():
         split = folds.read(root)
     else:
-        split = _split(comp, table, config.n_folds, config.seed)
+        split = _split(comp, rows, config.n_folds, config.seed)
         if _distributed.is_main():
             folds.write(root, split)
             echo(f"made {root / folds.FILE_NAME} ({config.n_folds} folds, seed {config.seed})")
-    return table, split, folds.assignments(table, split, comp.id_column)
+    return rows, split, folds.assignments(rows, split, comp.id_column)
 
 
 # -- train ------------------------------------------------------------------------------------
@@ -164,41 +180,88 @@ def recipe_file(comp: Competition, recipe_path: str | Path | None) -> Path:
 def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | None = None,
           recipe_path: str | Path | None = None, run: str | None = None, resume: bool = False,
           quiet: bool = False) -> Path:
-    """Train one fold; returns runs/NAME/<run>/fold<K>."""
+    """Train one fold; returns runs/NAME/<run>/fold<K>.
+
+    Everything that can be checked is checked before any work: the device, the run's config and
+    split, the fold. The run folder is made only when training starts, so a failed start leaves none.
+    """
+    from compkit.loaders import resolve_device
+
     comp = competition(name)
     root = _data_root(comp, where)
     runs_root = where.runs / name
+    overrides = overrides or {}
     if resume:
         run = _run_to_resume(runs_root, run, fold)
-        config = Config.from_dict(json.loads((runs_root / run / "config.json").read_text()))
-        config = config.replace(**(overrides or {}))
     else:
-        config = recipe(comp, recipe_path, overrides or {})
         run = places.check_run_name(run or places.agreed_run_id(runs_root, _distributed.rank(),
                                                                 _distributed.world_size()))
+    saved = runs_root / run / "config.json"
+    if saved.is_file() and (resume or recipe_path is None):
+        # a run's later folds (and a resume) use the run's config: only what is given again may differ
+        config = Config.from_dict(json.loads(saved.read_text())).replace(**overrides)
+    else:
+        config = recipe(comp, recipe_path, overrides)
+    resolve_device(config.device)
     table, split, assignment = _fold_table(comp, root, config)
-    n_folds = int(assignment.max()) + 1
-    if not 0 <= fold < n_folds:
-        raise CompkitError(f"fold {fold} does not exist; folds.csv has folds 0..{n_folds - 1}")
-    run_dir = _start_run(runs_root, run, config)
+    config = _recorded_folds(comp, config, int(assignment.max()) + 1, overrides)
+    if not 0 <= fold < config.n_folds:
+        raise CompkitError(f"fold {fold} does not exist; folds.csv has folds 0..{config.n_folds - 1}")
+    run_dir = runs_root / run
+    _check_run(run_dir, config)
     _check_split(run_dir, split, root)
-    echo(f"{comp.name} fold {fold} -> {run_dir}\n{_format_config(config)}")
+    _warn_offline_weights(comp, root, config)
+    echo(f"{comp.name} fold {fold} -> {run_dir}\n{_format_config(config, comp.defaults, comp.name)}")
     out_dir = run_dir / f"fold{fold}"
     from compkit import _train
 
     main = _distributed.is_main()
-    # One training per fold folder: a second one would mix its checkpoints with the first's.
-    with _io.locked(out_dir / ".lock", wait=False) if main else contextlib.nullcontext():
+
+    def start() -> None:
         if main:
+            _record_run(run_dir, config, split)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / DONE).unlink(missing_ok=True)  # unfinished until this training ends
             for stale in out_dir.glob(".*.tmp"):  # a checkpoint write that a kill interrupted
                 stale.unlink(missing_ok=True)
+
+    # One training per fold: a second one would mix its checkpoints with the first's.
+    with _io.locked(fold_lock(runs_root, run, fold), wait=False, what=out_dir) if main else contextlib.nullcontext():
         # "latest" moves with each checkpoint, not when the run ends (which a kill never reaches); a run
         # that failed before its first checkpoint is no candidate
-        _train.fit_fold(comp, config, table, assignment == fold, root, out_dir, resume=resume, quiet=quiet,
-                        fold=fold, after_epoch=(lambda _: places.point_latest(runs_root, run)) if main else None)
-        if main and (out_dir / "last.pt").is_file():
-            places.point_latest(runs_root, run)  # a resumed run that had no epoch left to train
+        result = _train.fit_fold(comp, config, table, assignment == fold, root, out_dir, resume=resume,
+                                 quiet=quiet, fold=fold, on_start=start,
+                                 after_epoch=(lambda _: places.point_latest(runs_root, run)) if main else None)
+        if main:
+            places.point_latest(runs_root, run)  # also for a resumed run that had no epoch left to train
+            _io.write_text(out_dir / DONE, json.dumps({**result, "epochs": config.epochs}, indent=2, default=float) + "\n")
+    best = f"best epoch {result['best_epoch']}, {result['metric']} {result['best_score']:.5f}" if result["best_epoch"] else ""
+    echo(f"fold {fold} done: {best + ' -> ' if best else ''}{out_dir}")
     return out_dir
+
+
+def fold_lock(runs_root: Path, run: str, fold: int) -> Path:
+    """The lock a training of ``fold`` of ``run`` holds (outside the run folder, which it may not make)."""
+    return runs_root / ".locks" / f"{run}.fold{fold}.lock"
+
+
+def _recorded_folds(comp: Competition, config: Config, n_folds: int, overrides: dict[str, Any]) -> Config:
+    """The config with the split's number of folds: asked for another on the command line, an error."""
+    if config.n_folds == n_folds:
+        return config
+    if "n_folds" in overrides:
+        raise CompkitError(f"folds.csv has {n_folds} folds but n_folds={config.n_folds} was asked for: remake the "
+                           f"split with compkit folds {comp.name} --n-folds {config.n_folds} --force, or drop the "
+                           "setting")
+    return config.replace(n_folds=n_folds)
+
+
+def _warn_offline_weights(comp: Competition, root: Path, config: Config) -> None:
+    """Say at once when demo data meets a recipe that wants pretrained weights (the internet, once)."""
+    if config.pretrained and (root / ".demo").exists() and "demo" in comp.recipes():
+        echo(f"note: {root} holds demo data and this recipe loads pretrained weights, which needs the internet "
+             f"once (or COMPKIT_WEIGHTS_DIR); offline, use the demo recipe: compkit train {comp.name} --fold K "
+             "--recipe demo (or --set pretrained=false)")
 
 
 def _run_to_resume(runs_root: Path, run: str | None, fold: int) -> str:
@@ -223,40 +286,62 @@ def _run_to_resume(runs_root: Path, run: str | None, fold: int) -> str:
 
 
 def _check_split(run_dir: Path, split: Any, root: Path) -> None:
-    """Keep the run's split beside its config; refuse to train another fold once folds.csv has changed."""
+    """Refuse to train another fold of a run once folds.csv has changed (the run keeps its own copy)."""
     saved = run_dir / folds.FILE_NAME
-    if saved.is_file():
-        if not folds.same(folds.read(run_dir), split):
-            raise CompkitError(
-                f"{root / folds.FILE_NAME} is not the split run {run_dir.name} was trained on (it was remade "
-                "since, e.g. by compkit folds --force), so this fold would validate on rows other folds "
-                f"trained on: train a new run (--run-name NEW), or put the run's split back with: cp {saved} "
-                f"{root / folds.FILE_NAME}"
-            )
-    elif _distributed.is_main():
-        _io.write_csv(saved, split)
+    if saved.is_file() and not folds.same(folds.read(run_dir), split):
+        raise CompkitError(
+            f"{root / folds.FILE_NAME} is not the split run {run_dir.name} was trained on (it was remade "
+            "since, e.g. by compkit folds --force), so this fold would validate on rows other folds "
+            f"trained on: train a new run (--run-name NEW), or put the run's split back with: cp {saved} "
+            f"{root / folds.FILE_NAME}"
+        )
 
 
-def _start_run(runs_root: Path, run: str, config: Config) -> Path:
-    """Create (or join) a run: one config for all its folds, saved as config.json."""
-    run_dir = runs_root / run
+def _check_run(run_dir: Path, config: Config) -> None:
+    """Refuse a fold whose config conflicts with the run's (keys other than ``RUNTIME_KEYS``)."""
     saved = run_dir / "config.json"
-    if saved.is_file():
-        previous = json.loads(saved.read_text())
-        changed = {k for k, v in config.to_dict().items() if previous.get(k) != v} - RUNTIME_KEYS
-        if changed:
-            details = ", ".join(f"{k}: {previous.get(k)!r} -> {getattr(config, k)!r}" for k in sorted(changed))
-            raise CompkitError(f"run {run} was made with a different config ({details}); "
-                               "train with a new --run to compare recipes")
-    if _distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not saved.is_file():
-            _io.write_text(saved, config.to_json())
-    return run_dir
+    if not saved.is_file():
+        return
+    previous = json.loads(saved.read_text())
+    changed = {k for k, v in config.to_dict().items() if previous.get(k) != v} - RUNTIME_KEYS
+    if changed:
+        details = ", ".join(f"{k}: {previous.get(k)!r} -> {getattr(config, k)!r}" for k in sorted(changed))
+        raise CompkitError(f"run {run_dir.name} was made with a different config ({details}); drop those settings "
+                           "to train another fold of it, or train a new --run-name to compare recipes")
 
 
-def _format_config(config: Config) -> str:
-    return "config: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items())
+def _record_run(run_dir: Path, config: Config, split: Any) -> None:
+    """Make (or join) the run: config.json records what this fold runs (epochs after a --resume
+    --epochs included), folds.csv the split every fold of the run uses."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _io.write_text(run_dir / "config.json", config.to_json())
+    if not (run_dir / folds.FILE_NAME).is_file():
+        _io.write_csv(run_dir / folds.FILE_NAME, split)
+
+
+def _format_config(config: Config, defaults: Config, name: str) -> str:
+    """The config as an aligned block, three keys a line; ``*`` marks a value not the competition's default."""
+    default = defaults.to_dict()
+    cells = [f"{key}={value}{'*' if default.get(key) != value else ''}" for key, value in config.to_dict().items()]
+    width = max(map(len, cells)) + 2
+    rows = ["  " + "".join(cell.ljust(width) for cell in cells[i:i + 3]).rstrip() for i in range(0, len(cells), 3)]
+    return f"config (* = not the {name} default):\n" + "\n".join(rows)
+
+
+def competition_table() -> list[str]:
+    """One aligned line per installed competition: name, task, metric, Kaggle slug, demo, recipes, title."""
+    from compkit.competition import Competition
+
+    reg = registry.get()
+    reg.manager.warn_failed()
+    rows = [("name", "task", "metric", "kaggle", "demo", "recipes", "title")]
+    for name in sorted(reg.competitions):
+        comp = reg.competitions[name]
+        has_demo = type(comp).make_demo is not Competition.make_demo
+        rows.append((name, comp.task, comp.metric, comp.kaggle or "-", "yes" if has_demo else "no",
+                     ",".join(sorted(comp.recipes())) or "-", comp.title or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
 
 
 # -- submit -----------------------------------------------------------------------------------
@@ -264,24 +349,42 @@ def _format_config(config: Config) -> str:
 
 def submit(name: str, where: Places, *, run: str | None = None, fold_spec: str = "all",
            tta: str | None = None, upload: bool = False, message: str | None = None,
-           device: str | None = None, batch_size: int | None = None) -> Path:
-    """Predict the test set with each chosen fold's best checkpoint, average, write and check."""
+           device: str | None = None, batch_size: int | None = None, allow_unfinished: bool = False) -> Path:
+    """Predict the test set with each chosen fold's best checkpoint, average, write and check.
+
+    With ``upload``, what can refuse the upload (demo data, no credentials) is checked first.
+    """
     from compkit import _submit
 
     comp = competition(name)
-    if upload and not comp.kaggle:
-        raise CompkitError(f"{name} is not a Kaggle competition: there is nowhere to upload")
     root = _data_root(comp, where)
+    if upload:
+        _check_upload(comp, root)
     runs_root = where.runs / name
     run = places.resolve_run(runs_root, run)
-    path = _submit.make_submission(comp, root, runs_root / run, where.submission_dir(name),
-                                      fold_spec=fold_spec, tta=tta, device=device, batch_size=batch_size)
+    path = _submit.make_submission(comp, root, runs_root / run, where.submission_dir(name), fold_spec=fold_spec,
+                                   tta=tta, device=device, batch_size=batch_size, allow_unfinished=allow_unfinished)
     if upload:
         from compkit import kaggle
 
+        echo(f"uploading {path} to {comp.kaggle}")
         result = kaggle.submit(comp.kaggle, path, message or f"compkit {name} run {run}")
-        echo(f"uploaded: {result.get('message', '')} {result.get('ref', '')}".strip())
+        echo(f"uploaded {path.name}: {result.get('message', '')} {result.get('ref', '')}".strip())
+        sidecar = path.with_suffix(".json")
+        _io.write_text(sidecar, json.dumps({**json.loads(sidecar.read_text()), "upload": result}, indent=2,
+                                           default=str) + "\n")
     return path
+
+
+def _check_upload(comp: Competition, root: Path) -> None:
+    if not comp.kaggle:
+        raise CompkitError(f"{comp.name} is not a Kaggle competition: there is nowhere to upload")
+    if (root / ".demo").exists():
+        raise CompkitError(f"{root} holds demo data: a submission made from it cannot score on Kaggle; download "
+                           f"the real data with compkit download {comp.name} --force, or submit without --upload")
+    from compkit import kaggle
+
+    kaggle.check_credentials()
 
 
 # -- plugins ----------------------------------------------------------------------------------

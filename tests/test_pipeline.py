@@ -142,14 +142,15 @@ def test_demo_does_not_overwrite_real_data_without_force(tmp_path):
 
 
 def test_a_fold_in_training_is_not_trained_twice_at_once_and_stale_temporaries_go(work):
-    from compkit import _io
+    from compkit import _io, pipeline
 
     path, env = work
     fold = path / "r" / "digits" / "one" / "fold1"
-    with _io.locked(fold / ".lock"):
+    with _io.locked(pipeline.fold_lock(path / "r" / "digits", "one", 1)):
         result = invoke("train", "digits", "--fold", "1", "--run", "one", *FAST, env=env)
     assert result.exit_code == 1 and f"{fold} is in use by process {os.getpid()}" in result.output
     assert not (fold / "last.pt").exists()
+    fold.mkdir()
     (fold / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
     result = invoke("train", "digits", "--fold", "1", "--run", "one", *FAST, env=env)
     assert result.exit_code == 0, result.output
@@ -192,18 +193,29 @@ def test_upload_goes_through_the_kaggle_client(work, monkeypatch, tmp_path):
     from tests.fake_kaggle import FakeKaggle, point_client_at
 
     work, env = work
+    marker = work / "d" / "digits" / ".demo"
+    before = set((work / "s" / "digits").glob("*"))
     fake = FakeKaggle(competitions={"digit-recognizer": {}}).start()
     try:
         point_client_at(monkeypatch, fake, tmp_path)
-        result = invoke("submit", "digits", "--run", "one", "--upload", "--message", "demo", "--device", "cpu",
-                        env=env)
+        submit = ("submit", "digits", "--run", "one", "--upload", "--message", "demo", "--device", "cpu")
+        refused = invoke(*submit, env=env)
+        assert refused.exit_code == 1 and "holds demo data: a submission made from it cannot score" in refused.output
+        assert set((work / "s" / "digits").glob("*")) == before  # refused before predicting anything
+        seed = marker.read_text()
+        marker.unlink()  # as if the data were real
+        try:
+            result = invoke(*submit, env=env)
+        finally:
+            marker.write_text(seed)
     finally:
         fake.stop()
     assert result.exit_code == 0, result.output
     written = sorted((work / "s" / "digits").glob("*.csv"))[-1]
     assert list(fake.uploads.values()) == [written.read_bytes()]  # the bytes Kaggle got are the file's
     assert fake.created[-1]["submissionDescription"] == "demo"
-    assert "uploaded: Successfully submitted" in result.output
+    assert f"uploading {written}" in result.output and f"uploaded {written.name}: Successfully submitted" in result.output
+    assert "Successfully" in json.loads(written.with_suffix(".json").read_text())["upload"]["message"]
 
 
 @pytest.mark.slow

@@ -92,3 +92,110 @@ def test_a_run_refuses_a_fold_after_the_split_was_remade(work):
     result = invoke("train", "digits", "--fold", "1", "--run-name", "first", "--epochs", "1", *FAST, env=env)
     assert result.exit_code == 0, result.output
     assert json.loads((run / "config.json").read_text())["epochs"] == 1
+
+
+def test_a_failed_start_is_said_at_once_and_leaves_no_run_folder(work):
+    path, env = work
+    runs = path / "r" / "digits"
+    before = sorted(p.name for p in runs.iterdir())
+    for args, message in ((["--device", "gpu"], "device 'gpu' is not a device name: use auto, cpu, cuda"),
+                          (["--recipe", "fast"], "recipe fast is neither a file nor a recipe digits ships (it ships: demo)"),
+                          (["--set", "model=timm/no-such-net"], "no-such-net"),
+                          (["--set", "n_folds=3"], "folds.csv has 5 folds but n_folds=3 was asked for: remake the "
+                                                   "split with compkit folds digits --n-folds 3 --force")):
+        result = invoke("train", "digits", "--fold", "0", "--epochs", "1", *FAST, *args, env=env)
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    assert sorted(p.name for p in runs.iterdir()) == before  # no runs/digits/<stamp>/ holding a lone config.json
+
+
+def test_later_folds_and_resumes_use_the_runs_config_and_record_what_ran(work):
+    path, env = work
+    run = path / "r" / "digits" / "demo-run"
+    result = invoke("train", "digits", "--fold", "0", "--run-name", "demo-run", "--recipe", "demo", "--epochs", "1",
+                    *FAST, env=env)
+    assert result.exit_code == 0, result.output
+    # another fold of that run needs no --recipe again: the run's config.json is its recipe
+    result = invoke("train", "digits", "--fold", "1", "--run-name", "demo-run", "--epochs", "1", *FAST, env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["warmup_epochs"] == 0.5  # the demo recipe's, kept
+    result = invoke("train", "digits", "--fold", "1", "--run-name", "demo-run", "--lr", "0.5", *FAST, env=env)
+    assert result.exit_code == 1 and "run demo-run was made with a different config (lr: 0.001 -> 0.5)" in result.output
+    result = invoke("train", "digits", "--fold", "0", "--run-name", "demo-run", "--resume", "--epochs", "2",
+                    "--device", "cpu", env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2  # what was run, not the first value
+    assert json.loads((run / "fold0" / "fold.json").read_text())["epochs_run"] == 2
+
+
+def test_submit_refuses_an_unfinished_fold_unless_asked_and_shows_each_folds_training(work):
+    path, env = work
+    runs = path / "r" / "digits"
+    (runs / "first" / "fold0" / "fold.json").rename(runs / "first" / "fold0" / "kept.json")  # as after a kill
+    result = invoke("submit", "digits", "--run-name", "first", "--device", "cpu", env=env)
+    assert result.exit_code == 1
+    assert "fold(s) [0] of run first did not finish training" in result.output and "--allow-unfinished" in result.output
+    assert not (path / "s").exists()
+    result = invoke("submit", "digits", "--run-name", "first", "--device", "cpu", "--allow-unfinished", env=env)
+    assert result.exit_code == 0 and "fold 0: " in result.output and "(unfinished)" in result.output
+    (runs / "first" / "fold0" / "kept.json").rename(runs / "first" / "fold0" / "fold.json")
+    result = invoke("submit", "digits", "--run-name", "first", "--device", "cpu", env=env)
+    assert result.exit_code == 0 and "(best epoch 1 of 1/1)" in result.output
+    (sidecar,) = [p for p in (path / "s" / "digits").glob("*.json")
+                  if json.loads(p.read_text())["fold_training"]["0"] is not None]
+    recorded = json.loads(sidecar.read_text())
+    assert recorded["demo_data"] is True and recorded["written"][:4].isdigit()
+    assert recorded["code_version"]["compkit"] and "compkit commit" in recorded["code_version"]
+
+
+def test_help_lists_every_config_key_and_competitions_lists_every_competition():
+    from compkit import config
+
+    shown = invoke("train", "--help").output
+    for key, doc in config.docs().items():
+        assert key in shown and doc.split()[0] in shown
+    assert len(config.docs()) == len(config.keys())  # every key has its one-line doc
+    assert "--recipe demo" in shown and "Passes over the training folds" in shown
+    lines = invoke("competitions").output.splitlines()
+    assert lines[0].split() == ["name", "task", "metric", "kaggle", "demo", "recipes", "title"]
+    digits = next(line for line in lines if line.startswith("digits "))
+    assert digits.split()[:6] == ["digits", "classification", "accuracy", "digit-recognizer", "yes", "demo"]
+
+
+def test_the_config_prints_as_a_block_marking_what_differs_from_the_defaults(work):
+    _, env = work
+    result = invoke("train", "digits", "--fold", "1", "--run-name", "block", "--epochs", "1", *FAST, env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = lines.index("config (* = not the digits default):")
+    block = lines[start + 1:start + 11]
+    assert all(line.startswith("  ") and len(line) < 120 for line in block)
+    cells = " ".join(block).split()
+    assert "model=timm/resnet10t*" in cells and "epochs=1*" in cells and "seed=42" in cells
+
+
+def test_a_data_folder_without_its_files_says_what_to_run(tmp_path):
+    env = {"COMPKIT_DATA_DIR": str(tmp_path / "d"), "COMPKIT_RUNS_DIR": str(tmp_path / "r")}
+    (tmp_path / "d" / "digits").mkdir(parents=True)  # what a failed first download used to leave
+    result = invoke("train", "digits", "--fold", "0", env=env)
+    assert result.exit_code == 1 and "no data in" in result.output and "compkit download digits" in result.output
+    (tmp_path / "d" / "digits" / "test.csv").write_text("pixel0\n0\n")  # train.csv missing
+    result = invoke("folds", "digits", env=env)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "train.csv" in result.output and "compkit download digits" in result.output
+
+
+def test_a_failed_first_download_leaves_no_empty_data_folder(tmp_path, monkeypatch):
+    from compkit import registry
+    from compkit.errors import CompkitError
+
+    comp = registry.get().competition("digits")
+
+    def refuse(root):
+        (root / ".compkit").mkdir()  # the downloader's state folder, made before the request failed
+        raise CompkitError("Kaggle rejected your credentials")
+
+    monkeypatch.setattr(type(comp), "download", lambda self, root: refuse(root))
+    result = invoke("download", "digits", "--data-dir", str(tmp_path))
+    assert result.exit_code == 1 and "rejected" in result.output
+    assert not (tmp_path / "digits").exists()
