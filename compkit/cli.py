@@ -62,7 +62,7 @@ def cli() -> None:
     """compkit: a Kaggle competition kit for image problems.
 
     \b
-    compkit download siim --demo && compkit train siim --fold 0 && compkit submit siim
+    compkit download siim --demo && compkit train siim --fold 0 --recipe demo && compkit submit siim
     """
 
 

@@ -191,8 +191,9 @@ def resolve(defaults: Config, toml_path: Path | None, overrides: dict[str, Any])
     """The competition's defaults, then the TOML file if it exists, then CLI overrides."""
     config = defaults
     if toml_path is not None and toml_path.is_file():
+        values = read_toml(toml_path)  # its errors name the file already
         try:
-            config = config.replace(**read_toml(toml_path))
+            config = config.replace(**values)
         except CompkitError as error:
             raise CompkitError(f"{toml_path}: {error}") from None
     return config.replace(**{k: v for k, v in overrides.items() if v is not None})

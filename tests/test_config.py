@@ -46,6 +46,11 @@ def test_toml_errors_name_the_file(tmp_path):
     unknown.write_text("[config]\nlearning_rate = 1\n")
     with pytest.raises(CompkitError, match="unknown.toml.*learning_rate"):
         read_toml(unknown)
+    for text in ("epochs = = 3\n", "[config]\nlearning_rate = 1\n"):  # the file is named once, not twice
+        unknown.write_text(text)
+        with pytest.raises(CompkitError) as raised:
+            resolve(Config(), unknown, {})
+        assert str(raised.value).count("unknown.toml") == 1
 
 
 def test_json_round_trip():

@@ -199,3 +199,16 @@ def test_a_failed_first_download_leaves_no_empty_data_folder(tmp_path, monkeypat
     result = invoke("download", "digits", "--data-dir", str(tmp_path))
     assert result.exit_code == 1 and "rejected" in result.output
     assert not (tmp_path / "digits").exists()
+
+
+def test_every_command_plugin_commands_included_shows_an_example():
+    import click
+
+    from compkit.cli import add_plugin_commands
+
+    group = click.Group("compkit", commands=dict(cli.commands))
+    add_plugin_commands(group)  # what `compkit` does to its group before parsing
+    assert "hotdog-score" in group.commands
+    for name in group.commands:
+        shown = CliRunner().invoke(group, [name, "--help"], catch_exceptions=False).output
+        assert "Example:" in shown and f"compkit {name}" in shown.split("Example:")[1], name

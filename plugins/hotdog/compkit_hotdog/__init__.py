@@ -124,8 +124,13 @@ def register_commands(cli):
         default="data",
         show_default=True,
         type=click.Path(file_okay=False, path_type=Path),
-        help="Parent of data/hotdog.",
+        help="Folder that replaces ./data: the hotdog data is DIR/hotdog (env COMPKIT_DATA_DIR).",
     )
     def hotdog_score(submission: Path, data_dir: Path) -> None:
-        """Test accuracy of a hotdog SUBMISSION against the test split's labels."""
+        """Test accuracy of a hotdog SUBMISSION against the test split's labels.
+
+        \b
+        Example:
+          compkit submit hotdog && compkit hotdog-score submissions/hotdog/20261201-120000.csv
+        """
         click.echo(f"test accuracy: {score_submission(data_dir / 'hotdog', submission):.4f}")

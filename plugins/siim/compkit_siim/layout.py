@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +24,7 @@ TEST_IMAGES = Path("siim/dicom-images-test")
 LABELS = Path("siim/train-rle.csv")
 SAMPLE = "sample_submission.csv"
 EMPTY = "-1"
+MAX_MISSING_SHARE = 0.05  # more labelled images than this without a DICOM: an incomplete download
 
 
 def download(root: Path) -> None:
@@ -57,17 +60,35 @@ def find_dicoms(folder: Path) -> dict[str, Path]:
     return found
 
 
+def _note(message: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(f"note: {message}", file=sys.stderr)
+
+
 def train_table(root: Path) -> pd.DataFrame:
     """One row per labelled training image, in the mask file's order: ImageId, path, has_mask (0/1).
 
     Images with a DICOM file but no row in the mask file (and rows without a file) are left out:
-    without both there is nothing to train on.
+    without both there is nothing to train on. Each is counted in a note; rows without a file are
+    refused when more than ``MAX_MISSING_SHARE`` of them lack one (an incomplete download).
     """
     regions = regions_by_image(read_labels(root / LABELS))
     dicoms = find_dicoms(root / TRAIN_IMAGES)
     ids = [image_id for image_id in regions if image_id in dicoms]
     if not ids:
         raise CompkitError(f"no image in {root / LABELS} has a DICOM file under {root / TRAIN_IMAGES}")
+    missing = [image_id for image_id in regions if image_id not in dicoms]
+    if missing:
+        message = (f"{len(missing)} of {len(regions)} images in {root / LABELS} have no DICOM file under "
+                   f"{root / TRAIN_IMAGES}, e.g. {', '.join(missing[:3])}")
+        if len(missing) > MAX_MISSING_SHARE * len(regions):
+            raise CompkitError(f"{message}: more than {MAX_MISSING_SHARE:.0%} missing looks like an incomplete "
+                               "download; run compkit download siim --force")
+        _note(f"{message}; they are left out")
+    unlabelled = len(dicoms) - len(ids)
+    if unlabelled:
+        _note(f"{unlabelled} DICOM file(s) under {root / TRAIN_IMAGES} have no row in {root / LABELS}; they are "
+              "left out")
     return pd.DataFrame(
         {
             ID_COLUMN: ids,

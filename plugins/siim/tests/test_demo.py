@@ -66,3 +66,21 @@ def test_sample_submission_lists_the_test_images_with_minus_one(root):
 def test_the_same_seed_writes_the_same_files(root, tmp_path):
     demo.write_demo(tmp_path, seed=0)
     assert (tmp_path / layout.LABELS).read_text() == (root / layout.LABELS).read_text()
+
+
+def test_missing_dicoms_are_counted_and_too_many_refused(tmp_path, capsys):
+    import shutil
+
+    from compkit.errors import CompkitError
+
+    demo.write_demo(tmp_path, seed=0)
+    paths = sorted((tmp_path / layout.TRAIN_IMAGES).glob("*/*/*.dcm"))
+    paths[0].unlink()  # one of the demo's images: under the share, left out with a note
+    table = layout.train_table(tmp_path)
+    assert len(table) == demo.TRAIN_IMAGES - 1 and paths[0].stem not in set(table["ImageId"])
+    note = capsys.readouterr().err
+    assert f"1 of {demo.TRAIN_IMAGES} images in" in note and paths[0].stem in note and "left out" in note
+    for path in paths[1:len(paths) // 4]:
+        shutil.rmtree(path.parent.parent)
+    with pytest.raises(CompkitError, match=r"have no DICOM file under .*incomplete download.*--force"):
+        layout.train_table(tmp_path)
