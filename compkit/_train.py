@@ -17,12 +17,12 @@ from compkit.errors import CompkitError
 
 def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask: np.ndarray, root: Path,
              out_dir: Path, *, resume: bool, quiet: bool, fold: int,
-             on_start: Callable[[], None] | None = None,
-             after_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
+             on_start: Callable[[], None] | None = None, after_epoch: Callable[[int], None] | None = None,
+             init_from: Path | None = None) -> dict[str, Any]:
     """Train on the rows outside ``valid_mask``, validate on the rest; files go to ``out_dir``.
 
     ``on_start()`` runs once the model and data are ready, before the first epoch; ``after_epoch(epoch)``
-    once each epoch's checkpoint is written.
+    once each epoch's checkpoint is written. ``init_from``: a best.pt whose weights the model starts from.
     """
     import torch
 
@@ -43,6 +43,12 @@ def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask:
         notify(comp, fold, epoch, metrics)
 
     with make_engine(comp, config, model, reg.loss(config.loss), optimizer, schedule, quiet=quiet) as trainer:
+        if init_from is not None and not (resume and (out_dir / "last.pt").is_file()):
+            try:
+                trainer.load(init_from)
+            except RuntimeError as error:  # load_state_dict: missing, unexpected or mis-shaped weights
+                raise CompkitError(f"the weights in {init_from} do not fit {config.model} with {comp.num_classes} "
+                                   f"outputs (another model?): {str(error).splitlines()[0]}") from None
         if on_start is not None:
             on_start()
         return trainer.fit(

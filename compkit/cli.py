@@ -125,6 +125,9 @@ def _config_epilog() -> str:
 @click.option("--model", help="Registered model, e.g. timm/resnet18 or unet/resnet34 (compkit plugins lists them).")
 @click.option("--image-size", type=int, help="Square side in pixels the images are resized to (image_size).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--init-from", metavar="RUN[/foldK]",
+              help="Start from another run's best weights (its same fold unless /foldK is given): a second stage "
+                   "at a larger --image-size, or a fine-tune.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key; repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bars or notes; the epoch lines and the best line still print.")
 @data_option
@@ -140,6 +143,7 @@ def train(name: str, fold: int, run: str | None, resume: bool, recipe: str | Non
       torchrun --nproc_per_node 2 -m compkit train siim --fold 0   # several GPUs
       COMPKIT_RUN=r1 torchrun --nproc_per_node 2 -m compkit train siim --fold 1
       compkit train digits --fold 0 --recipe demo    # a recipe the plugin ships
+      compkit train siim --fold 0 --init-from 20261201-120000 --image-size 1024   # a second stage
     """
     from compkit import pipeline
     from compkit.config import parse_sets

@@ -67,6 +67,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = -1  # DataLoader workers, -1 picks from the available cores
     gpu_data: bool = False  # small images only: hold the training set on the GPU as uint8
+    init_from: str = ""  # start from another run's best weights: RUN (the same fold) or RUN/foldK
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

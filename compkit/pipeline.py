@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -211,6 +212,7 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     _check_run(run_dir, config)
     _check_split(run_dir, split, root)
     _warn_offline_weights(comp, root, config)
+    init_from = _init_weights(runs_root, config.init_from, fold)
     echo(f"{comp.name} fold {fold} -> {run_dir}\n{_format_config(config, comp.defaults, comp.name)}")
     out_dir = run_dir / f"fold{fold}"
     from compkit import _train
@@ -230,7 +232,7 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
         # "latest" moves with each checkpoint, not when the run ends (which a kill never reaches); a run
         # that failed before its first checkpoint is no candidate
         result = _train.fit_fold(comp, config, table, assignment == fold, root, out_dir, resume=resume,
-                                 quiet=quiet, fold=fold, on_start=start,
+                                 quiet=quiet, fold=fold, on_start=start, init_from=init_from,
                                  after_epoch=(lambda _: places.point_latest(runs_root, run)) if main else None)
         if main:
             places.point_latest(runs_root, run)  # also for a resumed run that had no epoch left to train
@@ -238,6 +240,26 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     best = f"best epoch {result['best_epoch']}, {result['metric']} {result['best_score']:.5f}" if result["best_epoch"] else ""
     echo(f"fold {fold} done: {best + ' -> ' if best else ''}{out_dir}")
     return out_dir
+
+
+def _init_weights(runs_root: Path, spec: str, fold: int) -> Path | None:
+    """The best.pt that ``init_from`` names (``RUN``: that run's same fold; ``RUN/foldK``), checked now."""
+    if not spec:
+        return None
+    run, _, fold_name = spec.partition("/")
+    places.check_run_name(run)
+    if fold_name and not re.fullmatch(r"fold\d+", fold_name):
+        raise CompkitError(f"init_from={spec!r}: expected RUN or RUN/foldK, e.g. {run}/fold{fold}")
+    source = fold_name or f"fold{fold}"
+    path = runs_root / run / source / "best.pt"
+    if not path.is_file():
+        trained = sorted(p.parent.name for p in (runs_root / run).glob("fold*/best.pt"))
+        raise CompkitError(f"init_from={spec!r}: {path} does not exist (trained folds of {run}: "
+                           f"{', '.join(trained) or 'none'})")
+    if source != f"fold{fold}":
+        echo(f"note: fold {fold} starts from {run}/{source}, which trained on fold {fold}'s validation rows: "
+             "its validation score will be optimistic")
+    return path
 
 
 def fold_lock(runs_root: Path, run: str, fold: int) -> Path:

@@ -212,3 +212,24 @@ def test_every_command_plugin_commands_included_shows_an_example():
     for name in group.commands:
         shown = CliRunner().invoke(group, [name, "--help"], catch_exceptions=False).output
         assert "Example:" in shown and f"compkit {name}" in shown.split("Example:")[1], name
+
+
+def test_init_from_starts_a_new_run_from_another_runs_best_weights(work):
+    import torch
+
+    path, env = work
+    runs = path / "r" / "digits"
+    for spec, message in (("nowhere", "init_from='nowhere': " + str(runs / "nowhere" / "fold0" / "best.pt")),
+                          ("first/fold3", "does not exist (trained folds of first: fold0)"),
+                          ("first/zero", "expected RUN or RUN/foldK")):
+        result = invoke("train", "digits", "--fold", "0", "--init-from", spec, *FAST, env=env)
+        assert result.exit_code == 1 and message in result.output, result.output
+    # a learning rate too small to move the weights: what the run ends with is what it started from
+    result = invoke("train", "digits", "--fold", "0", "--run-name", "stage2", "--init-from", "first", "--epochs", "1",
+                    "--image-size", "32", "--lr", "1e-12", *FAST, env=env)
+    assert result.exit_code == 0, result.output
+    before = torch.load(runs / "first" / "fold0" / "best.pt", weights_only=True)["model"]
+    after = torch.load(runs / "stage2" / "fold0" / "best.pt", weights_only=True)["model"]
+    convolutions = [key for key, value in before.items() if value.ndim == 4]
+    assert all(torch.allclose(before[key], after[key], atol=1e-6) for key in convolutions)
+    assert json.loads((runs / "stage2" / "config.json").read_text())["init_from"] == "first"
