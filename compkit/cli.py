@@ -112,7 +112,10 @@ def _config_epilog() -> str:
 
 @cli.command(epilog=_config_epilog())
 @click.argument("name")
-@click.option("--fold", type=int, default=0, show_default=True, help="The fold to validate on.")
+@click.option("--fold", type=int, help="The fold to validate on (default 0).")
+@click.option("--folds", "fold_spec", metavar="all|K,K,...",
+              help="Train these folds of one run in turn, then print their CV; with --resume, go on from the "
+                   "first unfinished one.")
 @click.option("--run-name", "--run", "run", envvar="COMPKIT_RUN",
               help="Run id (default: a new timestamp; with --resume: latest; env COMPKIT_RUN). "
                    "Under torchrun spell it --run-name: torchrun takes --run for its --run-path.")
@@ -132,13 +135,15 @@ def _config_epilog() -> str:
 @click.option("--quiet", is_flag=True, help="No progress bars or notes; the epoch lines and the best line still print.")
 @data_option
 @runs_option
-def train(name: str, fold: int, run: str | None, resume: bool, recipe: str | None, sets: tuple[str, ...],
-          quiet: bool, data_dir: str | None, runs_dir: str | None, **flags: Any) -> None:
-    """Train one fold; writes runs/NAME/<run>/fold<K>/.
+def train(name: str, fold: int | None, fold_spec: str | None, run: str | None, resume: bool, recipe: str | None,
+          sets: tuple[str, ...], quiet: bool, data_dir: str | None, runs_dir: str | None, **flags: Any) -> None:
+    """Train one fold (or several of one run); writes runs/NAME/<run>/fold<K>/.
 
     \b
     Example:
       compkit train siim --fold 0 --epochs 20 --set amp=fp16
+      compkit train siim --folds all                 # every fold of one run, then its CV
+      compkit train siim --folds all --resume        # after an interruption: on from the unfinished fold
       compkit train siim --fold 0 --resume
       torchrun --nproc_per_node 2 -m compkit train siim --fold 0   # several GPUs
       COMPKIT_RUN=r1 torchrun --nproc_per_node 2 -m compkit train siim --fold 1
@@ -150,8 +155,13 @@ def train(name: str, fold: int, run: str | None, resume: bool, recipe: str | Non
 
     overrides = {key: value for key, value in flags.items() if value is not None}
     overrides.update(parse_sets(sets))
-    pipeline.train(name, fold, places(data_dir, runs_dir), overrides=overrides, recipe_path=recipe, run=run,
-                   resume=resume, quiet=quiet)
+    options = {"overrides": overrides, "recipe_path": recipe, "run": run, "resume": resume, "quiet": quiet}
+    if fold_spec is not None:
+        if fold is not None:
+            raise click.UsageError("give --fold K or --folds SPEC, not both")
+        pipeline.train_folds(name, fold_spec, places(data_dir, runs_dir), **options)
+    else:
+        pipeline.train(name, fold or 0, places(data_dir, runs_dir), **options)
 
 
 @cli.command()

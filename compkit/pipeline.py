@@ -262,6 +262,60 @@ def _init_weights(runs_root: Path, spec: str, fold: int) -> Path | None:
     return path
 
 
+def train_folds(name: str, spec: str, where: Places, *, overrides: dict[str, Any] | None = None,
+                recipe_path: str | Path | None = None, run: str | None = None, resume: bool = False,
+                quiet: bool = False) -> Path:
+    """Train the folds ``spec`` names ("all" or "0,2,4") of one run in turn; print their CV at the end.
+
+    With ``resume``, finished folds (``fold.json``) are skipped and the first unfinished one continues
+    from its last.pt. Returns the run folder.
+    """
+    from compkit import _submit
+
+    comp = competition(name)
+    root = _data_root(comp, where)
+    runs_root = where.runs / name
+    if resume:
+        run = places.resolve_run(runs_root, run)
+    else:
+        run = places.check_run_name(run or places.agreed_run_id(runs_root, _distributed.rank(),
+                                                                _distributed.world_size()))
+    run_dir = runs_root / run
+    chosen = _fold_numbers(comp, root, run_dir, spec, recipe_path, overrides or {})
+    finished = [k for k in chosen if resume and (run_dir / f"fold{k}" / DONE).is_file()]
+    if finished:
+        echo(f"run {run}: fold(s) {', '.join(map(str, finished))} already finished")
+    for k in chosen:
+        if k not in finished:
+            train(name, k, where, overrides=overrides, recipe_path=recipe_path, run=run, resume=resume, quiet=quiet)
+    cv = _submit.cross_validation(comp, run_dir, chosen)
+    records = _submit.fold_records(run_dir, chosen, allow_unfinished=False)
+    echo(f"run {run}: CV {comp.metric} {cv['score']:.5f} over folds {', '.join(map(str, chosen))}\n"
+         + _submit.fold_table(cv["folds"], records))
+    return run_dir
+
+
+def _fold_numbers(comp: Competition, root: Path, run_dir: Path, spec: str, recipe_path: str | Path | None,
+                  overrides: dict[str, Any]) -> list[int]:
+    """The folds ``spec`` names; "all" is every fold of the split (folds.csv, else the config's n_folds)."""
+    if (root / folds.FILE_NAME).is_file():
+        n_folds = int(folds.read(root)["fold"].max()) + 1
+    elif (run_dir / "config.json").is_file():
+        n_folds = Config.from_dict(json.loads((run_dir / "config.json").read_text())).n_folds
+    else:
+        n_folds = recipe(comp, recipe_path, overrides).n_folds
+    if spec == "all":
+        return list(range(n_folds))
+    try:
+        chosen = sorted({int(part) for part in spec.split(",") if part.strip()})
+    except ValueError:
+        raise CompkitError(f"--folds expects 'all' or comma-separated fold numbers, got {spec!r}") from None
+    outside = [k for k in chosen if not 0 <= k < n_folds]
+    if outside or not chosen:
+        raise CompkitError(f"--folds {spec}: the split has folds 0..{n_folds - 1}")
+    return chosen
+
+
 def fold_lock(runs_root: Path, run: str, fold: int) -> Path:
     """The lock a training of ``fold`` of ``run`` holds (outside the run folder, which it may not make)."""
     return runs_root / ".locks" / f"{run}.fold{fold}.lock"
