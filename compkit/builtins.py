@@ -29,10 +29,11 @@ SMP_ARCHITECTURES = {
     "manet": "MAnet",
     "pan": "PAN",
 }
+SMP_PREFIX = "smp-"  # COMPKIT_WEIGHTS_DIR/smp-<encoder>.safetensors: an smp encoder's ImageNet weights
 WEIGHTS_HELP = (
     "no internet here? Set COMPKIT_WEIGHTS_DIR to a folder holding {name}.safetensors (or .pth), "
-    "e.g. a Kaggle dataset of weights, or fetch them once where there is internet "
-    "(they are cached under ~/.cache/huggingface), or train from scratch with --set pretrained=false"
+    "e.g. a Kaggle dataset of weights made where there is internet with compkit weights pull MODEL, "
+    "or train from scratch with --set pretrained=false"
 )
 
 
@@ -43,6 +44,43 @@ def _local_weights(name: str) -> Path | None:
         if folder and (Path(folder) / f"{name}{suffix}").is_file():
             return Path(folder) / f"{name}{suffix}"
     return None
+
+
+def _read_weights(path: Path) -> dict[str, Any]:
+    """A state dict from a .safetensors file, or a .pth/.bin loaded with ``weights_only=True``."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def pull_weights(model: str, folder: Path) -> Path:
+    """Fetch the ImageNet weights ``model`` needs (timm/VARIANT, or an smp family/ENCODER) into ``folder``,
+    where ``COMPKIT_WEIGHTS_DIR`` finds them offline; returns the file written."""
+    from safetensors.torch import save_file
+
+    from compkit import _io
+
+    family, _, variant = model.partition("/")
+    if family == "timm":
+        import timm
+
+        state, name = timm.create_model(variant, pretrained=True).state_dict(), variant
+    elif family in SMP_ARCHITECTURES:
+        import segmentation_models_pytorch as smp
+
+        encoder = variant or "resnet34"
+        state = smp.encoders.get_encoder(encoder, weights="imagenet").state_dict()
+        name = f"{SMP_PREFIX}{encoder}"
+    else:
+        raise CompkitError(f"{model}: weights pull knows timm/VARIANT and {', '.join(SMP_ARCHITECTURES)}/ENCODER")
+    target = folder / f"{name}.safetensors"
+    with _io.atomic_path(target) as temporary:
+        save_file({key: value.contiguous() for key, value in state.items()}, str(temporary))
+    return target
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -107,6 +145,14 @@ def smp_family(architecture: str) -> Callable[..., Any]:
         if encoder not in smp.encoders.get_encoder_names():
             close = difflib.get_close_matches(encoder, smp.encoders.get_encoder_names(), n=5)
             raise CompkitError(f"unknown encoder {encoder!r} for {architecture}; close matches: {', '.join(close)}")
+        local = _local_weights(f"{SMP_PREFIX}{encoder}") if pretrained else None
+        if local is not None:  # offline: the encoder's ImageNet weights from COMPKIT_WEIGHTS_DIR
+            model = smp.create_model(architecture, encoder_name=encoder, in_channels=3, classes=num_classes,
+                                     encoder_weights=None)
+            model.encoder.load_state_dict(_read_weights(local))
+            if in_channels != 3:
+                model.encoder.set_in_channels(in_channels, pretrained=True)  # smp's own first-conv adaptation
+            return model
         try:
             with _offline_unless_reachable() if pretrained else contextlib.nullcontext():
                 return smp.create_model(architecture, encoder_name=encoder, in_channels=in_channels,
@@ -115,8 +161,7 @@ def smp_family(architecture: str) -> Callable[..., Any]:
             if not pretrained:
                 raise
             raise CompkitError(f"could not load ImageNet weights for encoder {encoder}: {error}; "
-                               "offline: put them in the torch hub cache (TORCH_HOME) or use "
-                               "--set pretrained=false") from None
+                               + WEIGHTS_HELP.format(name=f"{SMP_PREFIX}{encoder}")) from None
 
     factory.__doc__ = f"segmentation_models_pytorch {architecture} with any smp encoder."
     return factory

@@ -6,6 +6,7 @@ Importing this loads no torch, so ``compkit --help`` stays fast with any number 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -194,6 +195,35 @@ def submit(name: str, run: str | None, fold_spec: str, tta: str | None, device: 
                            tta=tta, upload=upload, message=message, device=device, batch_size=batch_size,
                            allow_unfinished=allow_unfinished)
     click.echo(f"wrote {path}")
+
+
+@cli.group()
+def weights() -> None:
+    """Pretrained weights for offline machines (COMPKIT_WEIGHTS_DIR).
+
+    \b
+    Example:
+      compkit weights pull timm/resnet18 unet/resnet34 --to weights/
+    """
+
+
+@weights.command("pull")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--to", "folder", envvar="COMPKIT_WEIGHTS_DIR", required=True, type=click.Path(file_okay=False),
+              help="Where to store them (env COMPKIT_WEIGHTS_DIR); point COMPKIT_WEIGHTS_DIR there offline.")
+def weights_pull(models: tuple[str, ...], folder: str) -> None:
+    """Fetch the ImageNet weights of MODELS (timm/VARIANT, or an smp family/ENCODER such as unet/resnet34),
+    once, where there is internet; a run with pretrained=true then finds them offline.
+
+    \b
+    Example:
+      compkit weights pull timm/efficientnet_b0 unet/resnet34 --to weights/
+      COMPKIT_WEIGHTS_DIR=weights compkit train siim --fold 0     # offline, pretrained
+    """
+    from compkit.builtins import pull_weights
+
+    for model in models:
+        click.echo(f"wrote {pull_weights(model, Path(folder))}")
 
 
 @cli.command(name="competitions")

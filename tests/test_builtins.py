@@ -106,3 +106,37 @@ def test_cross_entropy_accepts_soft_targets(reg):
     soft = torch.tensor([[0.5, 0.5], [0.0, 1.0]])
     expected = -(soft * logits.log_softmax(1)).sum(1).mean()
     assert torch.allclose(reg.loss("ce")(logits, soft), expected)
+
+
+def test_pulled_weights_are_found_offline_for_timm_and_smp(tmp_path, monkeypatch):
+    import segmentation_models_pytorch as smp
+    import timm
+    import torch
+    from click.testing import CliRunner
+
+    from compkit import builtins
+    from compkit.cli import cli
+
+    # what the hub would give, without a network: weights made here, distinguishable from a fresh init
+    real_create, real_encoder = timm.create_model, smp.encoders.get_encoder
+    torch.manual_seed(123)
+    reference = {"timm": real_create("resnet10t"), "smp": real_encoder("resnet18")}
+    monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kw: reference["timm"]
+                        if pretrained else real_create(name, **kw))
+    monkeypatch.setattr(smp.encoders, "get_encoder", lambda name, weights=None, **kw: reference["smp"]
+                        if weights else real_encoder(name, **kw))
+    result = CliRunner().invoke(cli, ["weights", "pull", "timm/resnet10t", "unet/resnet18", "--to", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet10t.safetensors", "smp-resnet18.safetensors"]
+    monkeypatch.setattr(timm, "create_model", real_create)
+    monkeypatch.setattr(smp.encoders, "get_encoder", real_encoder)
+    monkeypatch.setattr(builtins, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setenv("COMPKIT_WEIGHTS_DIR", str(tmp_path))
+    classifier = builtins.timm_model("resnet10t", num_classes=3, pretrained=True)
+    expected = reference["timm"].state_dict()
+    assert torch.equal(classifier.state_dict()["conv1.0.weight"], expected["conv1.0.weight"])
+    unet = builtins.smp_family("Unet")("resnet18", num_classes=1, in_channels=1, pretrained=True)
+    encoder = reference["smp"].state_dict()
+    assert torch.equal(unet.encoder.state_dict()["layer4.1.conv2.weight"], encoder["layer4.1.conv2.weight"])
+    assert unet.encoder.conv1.weight.shape[1] == 1  # the first conv adapted to one channel, as smp does
+    assert torch.allclose(unet.encoder.conv1.weight[:, 0], encoder["conv1.weight"].sum(1))
