@@ -28,21 +28,25 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
     ``allow_unfinished``; the sample submission is read before anything is predicted.
     """
     config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
-    folds = choose_folds(run_dir, fold_spec)
+    folds, full = choose_models(run_dir, fold_spec)
     trained = fold_records(run_dir, folds, allow_unfinished)
+    if full:
+        trained |= {"full": _full_record(run_dir, allow_unfinished)}
     view_mode = tta or config.tta
     comp.read_sample(root)  # missing or unreadable: say so now, not after the whole test set
-    cv = cross_validation(comp, run_dir, folds)
-    echo(f"CV {comp.metric}: {cv['score']:.5f} over folds {', '.join(map(str, folds))}\n"
-         + fold_table(cv["folds"], trained))
+    cv = {"score": None, "folds": {}}
+    if folds:
+        cv = cross_validation(comp, run_dir, folds)
+        echo(f"CV {comp.metric}: {cv['score']:.5f} over folds {', '.join(map(str, folds))}\n"
+             + fold_table(cv["folds"], trained))
+    else:
+        echo("no CV: the full fit has no validation rows (add folds to see one: --folds all,full)")
     params = None
     if comp.task == "segmentation":
-        chosen = search_sample(len(cv["targets"]), config.seed)
-        params = postprocess.search(cv["probabilities"][chosen], cv["targets"][chosen], triple=comp.triple_threshold)
-        _io.write_text(run_dir / "postprocess.json", json.dumps(params, indent=2) + "\n")
-        echo(f"post-processing chosen on out-of-fold predictions: {params}")
+        params = _postprocess(comp, config, run_dir, cv)
     test_table = table(comp, root, "test")
-    probabilities = predict(comp, config, root, run_dir, folds, test_table, view_mode, device, batch_size)
+    models = [f"fold{k}" for k in folds] + (["full"] if full else [])
+    probabilities = predict(comp, config, root, run_dir, models, test_table, view_mode, device, batch_size)
     predictions = postprocess.apply(probabilities, params) if params else probabilities
     frame = comp.submission(test_table, predictions)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -50,7 +54,7 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
     # in between leaves a sidecar without its CSV, never a CSV nobody can trace back to its run.
     with _io.new_file(out_dir, stamp, ".json", beside=(".csv",)) as sidecar_path:
         sidecar = {
-            "competition": comp.name, "run": run_dir.name, "folds": folds, "tta": view_mode,
+            "competition": comp.name, "run": run_dir.name, "folds": folds, "full": full, "tta": view_mode,
             "cv_score": cv["score"], "fold_scores": cv["folds"], "metric": comp.metric, "postprocess": params,
             "config": config.to_dict(), "rows": len(frame), "code_version": code_version(comp),
             "written": datetime.datetime.now().isoformat(timespec="seconds"), "fold_training": trained,
@@ -60,6 +64,43 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
         path = sidecar_path.with_suffix(".csv")
         submission.write(frame, path, comp.read_sample(root), comp.labels())  # checked, then written atomically
     return path
+
+
+def choose_models(run_dir: Path, spec: str) -> tuple[list[int], bool]:
+    """The folds and whether the full fit are in ``spec`` ("all", "0,2", "full", "all,full")."""
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    full = "full" in parts
+    rest = ",".join(part for part in parts if part != "full")
+    if full and not (run_dir / "full" / "best.pt").is_file():
+        raise CompkitError(f"run {run_dir.name} has no full fit (full/best.pt): make it with compkit train NAME "
+                           f"--full --run-name {run_dir.name}")
+    return (choose_folds(run_dir, rest) if rest or not full else []), full
+
+
+def _full_record(run_dir: Path, allow_unfinished: bool) -> dict[str, Any] | None:
+    path = run_dir / "full" / "fold.json"
+    if not path.is_file() and not allow_unfinished:
+        raise CompkitError(f"the full fit of run {run_dir.name} did not finish training: resume it with compkit train "
+                           f"NAME --full --resume --run-name {run_dir.name}, or use it as it is with --allow-unfinished")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _postprocess(comp: Competition, config: Config, run_dir: Path, cv: dict[str, Any]) -> dict[str, Any]:
+    """Post-processing chosen on the out-of-fold predictions (saved as postprocess.json), or the saved choice
+    when no fold is submitted."""
+    saved = run_dir / "postprocess.json"
+    if "targets" not in cv:
+        if not saved.is_file():
+            raise CompkitError("the full fit alone has no out-of-fold predictions to choose the post-processing on: "
+                               "submit with folds (--folds all,full) once, which saves it")
+        params = json.loads(saved.read_text())
+        echo(f"post-processing from {saved}: {params}")
+        return params
+    chosen = search_sample(len(cv["targets"]), config.seed)
+    params = postprocess.search(cv["probabilities"][chosen], cv["targets"][chosen], triple=comp.triple_threshold)
+    _io.write_text(saved, json.dumps(params, indent=2) + "\n")
+    echo(f"post-processing chosen on out-of-fold predictions: {params}")
+    return params
 
 
 def choose_folds(run_dir: Path, spec: str) -> list[int]:
@@ -130,20 +171,20 @@ def search_sample(count: int, seed: int, limit: int = SEARCH_LIMIT) -> np.ndarra
     return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
 
 
-def predict(comp: Competition, config: Config, root: Path, run_dir: Path, folds: list[int], test_table: Any,
+def predict(comp: Competition, config: Config, root: Path, run_dir: Path, models: list[str], test_table: Any,
             view_mode: str, device: str | None, batch_size: int | None) -> np.ndarray:
-    """The mean over folds of each fold's TTA-merged probabilities: (N, C) or (N, H, W)."""
+    """The mean over ``models`` (fold0, ..., full) of each one's TTA-merged probabilities: (N, C) or (N, H, W)."""
     loader = _train.loader(comp, test_table, root, "test", config, batch_size=batch_size, device=device)
     views = tta.views(view_mode)
     total = None
-    for fold in folds:
+    for name in models:
         model = registry.get().model(config.model, comp.num_classes, comp.in_channels, pretrained=False)
         engine = _train.make_engine(comp, config, model, device=device)
-        engine.load(run_dir / f"fold{fold}" / "best.pt")
+        engine.load(run_dir / name / "best.pt")
         probabilities = engine.predict(loader, views=views)
         total = probabilities if total is None else total + probabilities
-        echo(f"predicted {len(test_table)} test samples with fold {fold} (tta {view_mode})")
-    return total / len(folds)
+        echo(f"predicted {len(test_table)} test samples with {name.replace('fold', 'fold ')} (tta {view_mode})")
+    return total / len(models)
 
 
 def code_version(comp: Competition) -> dict[str, str]:

@@ -32,7 +32,7 @@ def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask:
     reg = registry.get()
     model = reg.model(config.model, comp.num_classes, comp.in_channels, config.pretrained)
     train_loader = loader(comp, train_table, root, "train", config)
-    valid_loader = loader(comp, valid_table, root, "valid", config)
+    valid_loader = loader(comp, valid_table, root, "valid", config) if len(valid_table) else None  # None: full fit
     optimizer = optim.build_optimizer(model, config)
     steps = optim.optimizer_steps_per_epoch(len(train_loader), config.accumulate)
     schedule = optim.build_scheduler(optimizer, config, steps, higher_is_better=comp.higher_is_better)
@@ -54,7 +54,7 @@ def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask:
         return trainer.fit(
             train_loader, valid_loader, epochs=config.epochs, score=comp.score, metric=comp.metric,
             higher_is_better=comp.higher_is_better, out_dir=out_dir, patience=config.patience, resume=resume,
-            config=config.to_dict(), valid_ids=valid_table[comp.id_column].astype(str).tolist(),
+            config=config.to_dict(), valid_ids=valid_table[comp.id_column].astype(str).tolist() or None,
             on_epoch_end=epoch_ended,
         )
 

@@ -114,6 +114,9 @@ def _config_epilog() -> str:
 @cli.command(epilog=_config_epilog())
 @click.argument("name")
 @click.option("--fold", type=int, help="The fold to validate on (default 0).")
+@click.option("--full", is_flag=True,
+              help="A final fit on every labelled row, no validation, into runs/NAME/<run>/full: for the mean best "
+                   "epoch of the run's folds unless --epochs is given (submit --folds all,full uses it).")
 @click.option("--folds", "fold_spec", metavar="all|K,K,...",
               help="Train these folds of one run in turn, then print their CV; with --resume, go on from the "
                    "first unfinished one.")
@@ -136,8 +139,9 @@ def _config_epilog() -> str:
 @click.option("--quiet", is_flag=True, help="No progress bars or notes; the epoch lines and the best line still print.")
 @data_option
 @runs_option
-def train(name: str, fold: int | None, fold_spec: str | None, run: str | None, resume: bool, recipe: str | None,
-          sets: tuple[str, ...], quiet: bool, data_dir: str | None, runs_dir: str | None, **flags: Any) -> None:
+def train(name: str, fold: int | None, full: bool, fold_spec: str | None, run: str | None, resume: bool,
+          recipe: str | None, sets: tuple[str, ...], quiet: bool, data_dir: str | None, runs_dir: str | None,
+          **flags: Any) -> None:
     """Train one fold (or several of one run); writes runs/NAME/<run>/fold<K>/.
 
     \b
@@ -145,6 +149,7 @@ def train(name: str, fold: int | None, fold_spec: str | None, run: str | None, r
       compkit train siim --fold 0 --epochs 20 --set amp=fp16
       compkit train siim --folds all                 # every fold of one run, then its CV
       compkit train siim --folds all --resume        # after an interruption: on from the unfinished fold
+      compkit train siim --full --run-name 20261201-120000   # then a final fit on all labelled data
       compkit train siim --fold 0 --resume
       torchrun --nproc_per_node 2 -m compkit train siim --fold 0   # several GPUs
       COMPKIT_RUN=r1 torchrun --nproc_per_node 2 -m compkit train siim --fold 1
@@ -157,12 +162,12 @@ def train(name: str, fold: int | None, fold_spec: str | None, run: str | None, r
     overrides = {key: value for key, value in flags.items() if value is not None}
     overrides.update(parse_sets(sets))
     options = {"overrides": overrides, "recipe_path": recipe, "run": run, "resume": resume, "quiet": quiet}
+    if sum((fold is not None, fold_spec is not None, full)) > 1:
+        raise click.UsageError("give one of --fold K, --folds SPEC and --full")
     if fold_spec is not None:
-        if fold is not None:
-            raise click.UsageError("give --fold K or --folds SPEC, not both")
         pipeline.train_folds(name, fold_spec, places(data_dir, runs_dir), **options)
     else:
-        pipeline.train(name, fold or 0, places(data_dir, runs_dir), **options)
+        pipeline.train(name, fold or 0, places(data_dir, runs_dir), full=full, **options)
 
 
 @cli.command()

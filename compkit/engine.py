@@ -206,7 +206,7 @@ class Engine:
     def fit(
         self,
         train_loader: DataLoader,
-        valid_loader: DataLoader,
+        valid_loader: DataLoader | None,
         *,
         epochs: int,
         score: Callable[[np.ndarray, np.ndarray], float],
@@ -220,6 +220,9 @@ class Engine:
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Train for ``epochs``, scoring each on ``valid_loader``; returns the best score and epoch.
+
+        Without a ``valid_loader`` (a final fit on all data) nothing is scored and best.pt holds the
+        latest weights.
 
         ``score(targets, probabilities) -> float`` gets numpy arrays: probabilities (N, C), or (N, H, W)
         for a one-channel dense output (targets squeezed alike). Under ``out_dir`` it writes best.pt,
@@ -237,7 +240,7 @@ class Engine:
                 self._fit_epoch(epoch, epochs, train_loader, valid_loader, run, state, patience)
         except KeyboardInterrupt:
             raise CompkitError(self._interrupted_message(epoch, state, run)) from None
-        if state.best_epoch:
+        if state.best_epoch and valid_loader is not None:
             self._say(_best_line(state, run.metric))
         return {
             "metric": metric,
@@ -277,7 +280,7 @@ class Engine:
         epoch: int,
         epochs: int,
         train_loader: DataLoader,
-        valid_loader: DataLoader,
+        valid_loader: DataLoader | None,
         run: _Run,
         state: FitState,
         patience: int,
@@ -287,15 +290,18 @@ class Engine:
         self._seed_epoch(epoch, train_loader)
         train_loss, images_per_second = self._train_epoch(train_loader, epoch, epochs, state)
         self._recompute_batchnorm(train_loader)
-        valid = self._evaluate(valid_loader)
-        value, valid_loss = self._score(valid, run)
+        if valid_loader is None:  # a fit on all data: no score, and the latest weights are the model
+            valid, value, valid_loss, improved = None, math.nan, math.nan, True
+        else:
+            valid = self._evaluate(valid_loader)
+            value, valid_loss = self._score(valid, run)
+            # A saturated metric (AUC 1.0 on a small fold) would keep the earliest, underfit epoch:
+            # on a tie the lower validation loss wins.
+            improved = _improved(value, state.best_score, run.higher_is_better) or (
+                value == state.best_score and valid_loss < _best_loss(state)
+            )
         lr = self.optimizer.param_groups[0]["lr"]  # the lr this epoch used, before an epoch-wise step
         self.schedule.after_epoch(value)
-        # A saturated metric (AUC 1.0 on a small fold) would keep the earliest, underfit epoch:
-        # on a tie the lower validation loss wins.
-        improved = _improved(value, state.best_score, run.higher_is_better) or (
-            value == state.best_score and valid_loss < _best_loss(state)
-        )
         if improved:
             state.best_score, state.best_epoch = value, epoch
         state.epoch = epoch
@@ -313,7 +319,7 @@ class Engine:
         state.history.append(row)
         self._check_divergence(state.history)
         if self.main:
-            self._write_epoch(run, state, valid if improved else None)
+            self._write_epoch(run, state, improved, valid if improved else None)
             self._say(_summary_line(row, epochs, run.metric, improved, state.stopped_early, state.history))
             if run.on_epoch_end is not None:
                 run.on_epoch_end(epoch, dict(row))
@@ -625,12 +631,13 @@ class Engine:
             stopped_early=checkpoint["stopped_early"],
         )
 
-    def _write_epoch(self, run: _Run, state: FitState, best: Predictions | None) -> None:
+    def _write_epoch(self, run: _Run, state: FitState, improved: bool, best: Predictions | None) -> None:
         """Write this epoch's files; last.pt goes last, so a crash never leaves it ahead of the others."""
         if run.out_dir is None:
             return
-        if best is not None:
+        if improved:
             _io.torch_save(self._checkpoint(state, run, full=False), run.out_dir / "best.pt")
+        if best is not None:
             _write_oof(run.out_dir / "oof.npz", best, run.valid_ids)
         _io.write_csv(run.out_dir / "metrics.csv", _frame(state.history))
         _write_curves(run.out_dir / "curves.png", state.history, run.metric, state.best_epoch)
@@ -823,9 +830,10 @@ def _curves_title(out_dir: Path) -> str:
 def _summary_line(row: dict[str, Any], epochs: int, metric: str, improved: bool, stopping: bool,
                   history: Sequence[dict[str, Any]] = ()) -> str:
     """The line printed after each epoch; ``history`` (the epochs so far) gives the run's ETA."""
+    validation = ("(no validation)" if math.isnan(row["valid_loss"]) else
+                  f"valid_loss {row['valid_loss']:.4f}  {metric} {row[metric]:.5f}{' new best' if improved else ' ' * 9}")
     line = (
-        f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  valid_loss {row['valid_loss']:.4f}  "
-        f"{metric} {row[metric]:.5f}{' new best' if improved else ' ' * 9}  lr {row['lr']:.2e}  "
+        f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {validation}  lr {row['lr']:.2e}  "
         f"{row['images_per_second']:,.0f} img/s  {row['seconds']:.1f}s"
     )
     remaining = epochs - row["epoch"]

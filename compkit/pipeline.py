@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from compkit import _distributed, _io, folds, places, registry
 from compkit.competition import Competition
 from compkit.config import Config, resolve
@@ -180,8 +182,10 @@ def recipe_file(comp: Competition, recipe_path: str | Path | None) -> Path:
 
 def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | None = None,
           recipe_path: str | Path | None = None, run: str | None = None, resume: bool = False,
-          quiet: bool = False) -> Path:
-    """Train one fold; returns runs/NAME/<run>/fold<K>.
+          quiet: bool = False, full: bool = False) -> Path:
+    """Train one fold; returns runs/NAME/<run>/fold<K>. ``full``: instead, a final fit on every labelled row
+    with no validation, into runs/NAME/<run>/full, for the mean best epoch of the run's finished folds
+    unless ``epochs`` is given.
 
     Everything that can be checked is checked before any work: the device, the run's config and
     split, the fold. The run folder is made only when training starts, so a failed start leaves none.
@@ -192,8 +196,9 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     root = _data_root(comp, where)
     runs_root = where.runs / name
     overrides = overrides or {}
+    part = "full" if full else f"fold{fold}"
     if resume:
-        run = _run_to_resume(runs_root, run, fold)
+        run = _run_to_resume(runs_root, run, part)
     else:
         run = places.check_run_name(run or places.agreed_run_id(runs_root, _distributed.rank(),
                                                                 _distributed.world_size()))
@@ -206,15 +211,18 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     resolve_device(config.device)
     table, split, assignment = _fold_table(comp, root, config)
     config = _recorded_folds(comp, config, int(assignment.max()) + 1, overrides)
-    if not 0 <= fold < config.n_folds:
-        raise CompkitError(f"fold {fold} does not exist; folds.csv has folds 0..{config.n_folds - 1}")
     run_dir = runs_root / run
+    if full:
+        config = _full_epochs(run_dir, config, overrides)
+    elif not 0 <= fold < config.n_folds:
+        raise CompkitError(f"fold {fold} does not exist; folds.csv has folds 0..{config.n_folds - 1}")
     _check_run(run_dir, config)
     _check_split(run_dir, split, root)
     _warn_offline_weights(comp, root, config)
-    init_from = _init_weights(runs_root, config.init_from, fold)
-    echo(f"{comp.name} fold {fold} -> {run_dir}\n{_format_config(config, comp.defaults, comp.name)}")
-    out_dir = run_dir / f"fold{fold}"
+    init_from = _init_weights(runs_root, config.init_from, part)
+    what = "full fit (all labelled rows, no validation)" if full else f"fold {fold}"
+    echo(f"{comp.name} {what} -> {run_dir}\n{_format_config(config, comp.defaults, comp.name)}")
+    out_dir = run_dir / part
     from compkit import _train
 
     main = _distributed.is_main()
@@ -228,36 +236,55 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
                 stale.unlink(missing_ok=True)
 
     # One training per fold: a second one would mix its checkpoints with the first's.
-    with _io.locked(fold_lock(runs_root, run, fold), wait=False, what=out_dir) if main else contextlib.nullcontext():
+    with _io.locked(fold_lock(runs_root, run, part), wait=False, what=out_dir) if main else contextlib.nullcontext():
         # "latest" moves with each checkpoint, not when the run ends (which a kill never reaches); a run
         # that failed before its first checkpoint is no candidate
-        result = _train.fit_fold(comp, config, table, assignment == fold, root, out_dir, resume=resume,
-                                 quiet=quiet, fold=fold, on_start=start, init_from=init_from,
+        validate = np.zeros(len(table), dtype=bool) if full else assignment == fold
+        result = _train.fit_fold(comp, config, table, validate, root, out_dir, resume=resume,
+                                 quiet=quiet, fold=-1 if full else fold, on_start=start, init_from=init_from,
                                  after_epoch=(lambda _: places.point_latest(runs_root, run)) if main else None)
         if main:
             places.point_latest(runs_root, run)  # also for a resumed run that had no epoch left to train
             _io.write_text(out_dir / DONE, json.dumps({**result, "epochs": config.epochs}, indent=2, default=float) + "\n")
     best = f"best epoch {result['best_epoch']}, {result['metric']} {result['best_score']:.5f}" if result["best_epoch"] else ""
-    echo(f"fold {fold} done: {best + ' -> ' if best else ''}{out_dir}")
+    if full:
+        best = f"{result['epochs_run']} epochs"
+    echo(f"{what} done: {best + ' -> ' if best else ''}{out_dir}")
     return out_dir
 
 
-def _init_weights(runs_root: Path, spec: str, fold: int) -> Path | None:
-    """The best.pt that ``init_from`` names (``RUN``: that run's same fold; ``RUN/foldK``), checked now."""
+def _full_epochs(run_dir: Path, config: Config, overrides: dict[str, Any]) -> Config:
+    """The config of a full fit: ``epochs`` as given, else the mean best epoch of the run's finished folds."""
+    if "epochs" in overrides:
+        return config
+    best = [json.loads(path.read_text())["best_epoch"] for path in sorted(run_dir.glob(f"fold*/{DONE}"))]
+    best = [epoch for epoch in best if epoch]
+    if not best:
+        echo(f"note: run {run_dir.name} has no finished fold to take the number of epochs from; the full fit "
+             f"trains for the config's {config.epochs} (--epochs sets it)")
+        return config
+    epochs = max(1, round(sum(best) / len(best)))
+    echo(f"full fit: {epochs} epochs, the mean best epoch of {len(best)} finished fold(s) ({best})")
+    return config.replace(epochs=epochs)
+
+
+def _init_weights(runs_root: Path, spec: str, part: str) -> Path | None:
+    """The best.pt that ``init_from`` names (``RUN``: that run's same fold; ``RUN/foldK``, ``RUN/full``),
+    checked now."""
     if not spec:
         return None
     run, _, fold_name = spec.partition("/")
     places.check_run_name(run)
-    if fold_name and not re.fullmatch(r"fold\d+", fold_name):
-        raise CompkitError(f"init_from={spec!r}: expected RUN or RUN/foldK, e.g. {run}/fold{fold}")
-    source = fold_name or f"fold{fold}"
+    if fold_name and not re.fullmatch(r"fold\d+|full", fold_name):
+        raise CompkitError(f"init_from={spec!r}: expected RUN or RUN/foldK, e.g. {run}/{part}")
+    source = fold_name or part
     path = runs_root / run / source / "best.pt"
     if not path.is_file():
         trained = sorted(p.parent.name for p in (runs_root / run).glob("fold*/best.pt"))
         raise CompkitError(f"init_from={spec!r}: {path} does not exist (trained folds of {run}: "
                            f"{', '.join(trained) or 'none'})")
-    if source != f"fold{fold}":
-        echo(f"note: fold {fold} starts from {run}/{source}, which trained on fold {fold}'s validation rows: "
+    if source != part and part != "full":
+        echo(f"note: {part} starts from {run}/{source}, which trained on {part}'s validation rows: "
              "its validation score will be optimistic")
     return path
 
@@ -316,9 +343,10 @@ def _fold_numbers(comp: Competition, root: Path, run_dir: Path, spec: str, recip
     return chosen
 
 
-def fold_lock(runs_root: Path, run: str, fold: int) -> Path:
-    """The lock a training of ``fold`` of ``run`` holds (outside the run folder, which it may not make)."""
-    return runs_root / ".locks" / f"{run}.fold{fold}.lock"
+def fold_lock(runs_root: Path, run: str, part: str) -> Path:
+    """The lock a training of ``part`` (fold<K> or full) of ``run`` holds (outside the run folder, which it
+    may not make yet)."""
+    return runs_root / ".locks" / f"{run}.{part}.lock"
 
 
 def _recorded_folds(comp: Competition, config: Config, n_folds: int, overrides: dict[str, Any]) -> Config:
@@ -340,23 +368,24 @@ def _warn_offline_weights(comp: Competition, root: Path, config: Config) -> None
              "--recipe demo (or --set pretrained=false)")
 
 
-def _run_to_resume(runs_root: Path, run: str | None, fold: int) -> str:
-    """``run``, or the run ``latest`` names; refused when a newer run started ``fold`` and was stopped
-    before its first checkpoint (``latest`` still names the run before it, which --resume would continue)."""
+def _run_to_resume(runs_root: Path, run: str | None, part: str) -> str:
+    """``run``, or the run ``latest`` names; refused when a newer run started ``part`` (fold<K>, full) and was
+    stopped before its first checkpoint (``latest`` still names the run before it, which --resume would
+    continue)."""
     resolved = places.resolve_run(runs_root, run)
     if (run and run != places.LATEST) or not (runs_root / resolved / "config.json").is_file():
         return resolved
     started = (runs_root / resolved / "config.json").stat().st_mtime
     for other in places.list_runs(runs_root):
         config = runs_root / other / "config.json"
-        fold_dir = runs_root / other / f"fold{fold}"
+        fold_dir = runs_root / other / part
         if (other != resolved and config.is_file() and config.stat().st_mtime > started and fold_dir.is_dir()
                 and not (fold_dir / "last.pt").exists()):
-            name = runs_root.name
+            flag = "--full" if part == "full" else f"--fold {part[4:]}"
             raise CompkitError(
-                f"run {other} (newer than {resolved}, which 'latest' names) started fold {fold} and stopped before "
-                f"its first checkpoint; say which run to resume: compkit train {name} --fold {fold} --resume "
-                f"--run-name {other} (starts it from epoch 1) or --run-name {resolved}"
+                f"run {other} (newer than {resolved}, which 'latest' names) started {part.replace('fold', 'fold ')} "
+                f"and stopped before its first checkpoint; say which run to resume: compkit train {runs_root.name} "
+                f"{flag} --resume --run-name {other} (starts it from epoch 1) or --run-name {resolved}"
             )
     return resolved
 

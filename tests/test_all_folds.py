@@ -72,7 +72,7 @@ def test_folds_and_fold_are_not_given_together_and_a_bad_spec_is_named(tmp_path)
     env = {"COMPKIT_DATA_DIR": str(tmp_path / "d"), "COMPKIT_RUNS_DIR": str(tmp_path / "r")}
     assert invoke("download", "digits", "--demo", env=env).exit_code == 0
     result = invoke("train", "digits", "--fold", "1", "--folds", "all", env=env)
-    assert result.exit_code == 2 and "give --fold K or --folds SPEC, not both" in result.output
+    assert result.exit_code == 2 and "give one of --fold K, --folds SPEC and --full" in result.output
     for spec, message in (("0,7", "--folds 0,7: the split has folds 0..4"), ("one", "comma-separated fold numbers")):
         result = invoke("train", "digits", "--folds", spec, *FAST, env=env)
         assert result.exit_code == 1 and message in result.output

@@ -146,7 +146,7 @@ def test_a_fold_in_training_is_not_trained_twice_at_once_and_stale_temporaries_g
 
     path, env = work
     fold = path / "r" / "digits" / "one" / "fold1"
-    with _io.locked(pipeline.fold_lock(path / "r" / "digits", "one", 1)):
+    with _io.locked(pipeline.fold_lock(path / "r" / "digits", "one", "fold1")):
         result = invoke("train", "digits", "--fold", "1", "--run", "one", *FAST, env=env)
     assert result.exit_code == 1 and f"{fold} is in use by process {os.getpid()}" in result.output
     assert not (fold / "last.pt").exists()

@@ -233,3 +233,35 @@ def test_init_from_starts_a_new_run_from_another_runs_best_weights(work):
     convolutions = [key for key, value in before.items() if value.ndim == 4]
     assert all(torch.allclose(before[key], after[key], atol=1e-6) for key in convolutions)
     assert json.loads((runs / "stage2" / "config.json").read_text())["init_from"] == "first"
+
+
+def test_a_full_fit_on_all_data_and_submissions_with_it_alone_or_with_the_folds(work, monkeypatch):
+    from compkit import _train
+
+    path, env = work
+    run = path / "r" / "digits" / "first"
+    seen = {}
+    real_fit = _train.fit_fold
+
+    def spy(comp, config, table, valid_mask, *args, **kwargs):
+        seen["rows"], seen["validation"] = len(table), int(valid_mask.sum())
+        return real_fit(comp, config, table, valid_mask, *args, **kwargs)
+
+    monkeypatch.setattr(_train, "fit_fold", spy)
+    result = invoke("train", "digits", "--full", "--run-name", "first", *FAST, env=env)
+    assert result.exit_code == 0, result.output
+    assert seen["validation"] == 0 and seen["rows"] == len(pd.read_csv(path / "d" / "digits" / "train.csv"))
+    assert "full fit: 1 epochs, the mean best epoch of 1 finished fold(s) ([1])" in result.output
+    assert "(no validation)" in result.output and "full fit (all labelled rows, no validation) done" in result.output
+    assert {p.name for p in (run / "full").iterdir()} >= {"best.pt", "last.pt", "fold.json", "metrics.csv"}
+    assert not (run / "full" / "oof.npz").exists()
+    alone = invoke("submit", "digits", "--run-name", "first", "--folds", "full", "--device", "cpu", env=env)
+    assert alone.exit_code == 0, alone.output
+    assert "no CV: the full fit has no validation rows" in alone.output and "with full (tta" in alone.output
+    both = invoke("submit", "digits", "--run-name", "first", "--folds", "all,full", "--device", "cpu", env=env)
+    assert both.exit_code == 0 and "with fold 0 (tta" in both.output and "with full (tta" in both.output
+    made = sorted((path / "s" / "digits").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    sidecars = [json.loads(p.read_text()) for p in made]
+    assert [(s["folds"], s["full"]) for s in sidecars[-2:]] == [([], True), ([0], True)]
+    result = invoke("submit", "digits", "--run-name", "demo-less", "--folds", "full", env=env)
+    assert result.exit_code == 1
