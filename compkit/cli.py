@@ -202,6 +202,23 @@ def submit(name: str, run: str | None, fold_spec: str, tta: str | None, device: 
     click.echo(f"wrote {path}")
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--image-size", "size", type=int, default=32, show_default=True, help="Side of the downscaled pixels.")
+@click.option("--trees", type=int, default=200, show_default=True, help="Trees in the random forest.")
+@data_option
+def baseline(name: str, size: int, trees: int, data_dir: str | None) -> None:
+    """A floor to beat: a random forest on flattened, downscaled pixels, on the same folds and metric.
+
+    \b
+    Example:
+      compkit baseline siim-classification --image-size 64
+    """
+    from compkit import pipeline
+
+    pipeline.baseline(name, places(data_dir), size=size, trees=trees)
+
+
 @cli.group()
 def weights() -> None:
     """Pretrained weights for offline machines (COMPKIT_WEIGHTS_DIR).

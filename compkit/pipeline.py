@@ -154,6 +154,19 @@ def _fold_table(comp: Competition, root: Path, config: Config) -> tuple[Any, Any
     return rows, split, folds.assignments(rows, split, comp.id_column)
 
 
+def baseline(name: str, where: Places, *, size: int = 32, trees: int = 200) -> dict[str, Any]:
+    """The random-forest floor on the competition's folds (``compkit.baseline``); prints and returns its CV."""
+    from compkit import baseline as forest
+
+    comp = competition(name)
+    root = _data_root(comp, where)
+    rows, _, assignment = _fold_table(comp, root, comp.defaults)
+    result = forest.cross_validate(comp, rows, assignment, root, size=size, trees=trees)
+    echo(f"baseline (random forest, {trees} trees, {size}x{size} pixels): CV {comp.metric} {result['score']:.5f}\n"
+         + "\n".join(f"  fold {k}: {score:.5f}" for k, score in result["folds"].items()))
+    return result
+
+
 # -- train ------------------------------------------------------------------------------------
 
 

@@ -265,3 +265,29 @@ def test_a_full_fit_on_all_data_and_submissions_with_it_alone_or_with_the_folds(
     assert [(s["folds"], s["full"]) for s in sidecars[-2:]] == [([], True), ([0], True)]
     result = invoke("submit", "digits", "--run-name", "demo-less", "--folds", "full", env=env)
     assert result.exit_code == 1
+
+
+def test_the_baseline_is_a_random_forest_on_the_same_folds_and_metric(work):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.metrics import accuracy_score
+
+    from compkit import pipeline, registry
+    from compkit.places import Places
+
+    path, env = work
+    result = invoke("baseline", "digits", "--image-size", "8", "--trees", "50", env=env)
+    assert result.exit_code == 0, result.output
+    assert "baseline (random forest, 50 trees, 8x8 pixels): CV accuracy" in result.output
+    where = Places(data=path / "d")
+    got = pipeline.baseline("digits", where, size=8, trees=50)
+    assert len(got["folds"]) == 5 and 0.8 < got["score"] <= 1  # well above chance (0.1) on real scans
+    # fold 0 by hand: the same pixels, folds and forest
+    from compkit import baseline
+
+    comp = registry.get().competition("digits")
+    rows, _, assignment = pipeline._fold_table(comp, path / "d" / "digits", comp.defaults)
+    x, y = baseline.pixels(comp, rows, path / "d" / "digits", 8)
+    valid = assignment == 0
+    forest = RandomForestClassifier(n_estimators=50, n_jobs=-1, random_state=42, min_samples_leaf=2)
+    forest.fit(x[~valid], y[~valid])
+    assert got["folds"][0] == accuracy_score(y[valid], forest.predict(x[valid]))
