@@ -18,17 +18,21 @@ from compkit.errors import CompkitError
 def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask: np.ndarray, root: Path,
              out_dir: Path, *, resume: bool, quiet: bool, fold: int,
              on_start: Callable[[], None] | None = None, after_epoch: Callable[[int], None] | None = None,
-             init_from: Path | None = None) -> dict[str, Any]:
+             init_from: Path | None = None, limit_batches: int | None = None) -> dict[str, Any]:
     """Train on the rows outside ``valid_mask``, validate on the rest; files go to ``out_dir``.
 
     ``on_start()`` runs once the model and data are ready, before the first epoch; ``after_epoch(epoch)``
     once each epoch's checkpoint is written. ``init_from``: a best.pt whose weights the model starts from.
+    ``limit_batches``: train and validate on only that many batches' worth of rows (a dry run).
     """
     import torch
 
     torch.manual_seed(config.seed)  # the same initial weights for every fold and every rerun
     train_table = table[~valid_mask].reset_index(drop=True)
     valid_table = table[valid_mask].reset_index(drop=True)
+    if limit_batches:
+        rows = limit_batches * config.batch_size * config.accumulate
+        train_table, valid_table = train_table.head(rows), valid_table.head(limit_batches * config.batch_size)
     reg = registry.get()
     model = reg.model(config.model, comp.num_classes, comp.in_channels, config.pretrained)
     train_loader = loader(comp, train_table, root, "train", config)

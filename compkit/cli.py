@@ -117,6 +117,9 @@ def _config_epilog() -> str:
 @click.option("--full", is_flag=True,
               help="A final fit on every labelled row, no validation, into runs/NAME/<run>/full: for the mean best "
                    "epoch of the run's folds unless --epochs is given (submit --folds all,full uses it).")
+@click.option("--dry-run", is_flag=True,
+              help="Two batches of training and two of validation through every file a fold writes, in a "
+                   "temporary folder: a broken recipe shows in seconds. Nothing is kept.")
 @click.option("--folds", "fold_spec", metavar="all|K,K,...",
               help="Train these folds of one run in turn, then print their CV; with --resume, go on from the "
                    "first unfinished one.")
@@ -139,7 +142,7 @@ def _config_epilog() -> str:
 @click.option("--quiet", is_flag=True, help="No progress bars or notes; the epoch lines and the best line still print.")
 @data_option
 @runs_option
-def train(name: str, fold: int | None, full: bool, fold_spec: str | None, run: str | None, resume: bool,
+def train(name: str, fold: int | None, full: bool, dry_run: bool, fold_spec: str | None, run: str | None, resume: bool,
           recipe: str | None, sets: tuple[str, ...], quiet: bool, data_dir: str | None, runs_dir: str | None,
           **flags: Any) -> None:
     """Train one fold (or several of one run); writes runs/NAME/<run>/fold<K>/.
@@ -150,6 +153,7 @@ def train(name: str, fold: int | None, full: bool, fold_spec: str | None, run: s
       compkit train siim --folds all                 # every fold of one run, then its CV
       compkit train siim --folds all --resume        # after an interruption: on from the unfinished fold
       compkit train siim --full --run-name 20261201-120000   # then a final fit on all labelled data
+      compkit train siim --fold 0 --dry-run          # two batches through everything: a broken recipe in seconds
       compkit train siim --fold 0 --resume
       torchrun --nproc_per_node 2 -m compkit train siim --fold 0   # several GPUs
       COMPKIT_RUN=r1 torchrun --nproc_per_node 2 -m compkit train siim --fold 1
@@ -164,10 +168,13 @@ def train(name: str, fold: int | None, full: bool, fold_spec: str | None, run: s
     options = {"overrides": overrides, "recipe_path": recipe, "run": run, "resume": resume, "quiet": quiet}
     if sum((fold is not None, fold_spec is not None, full)) > 1:
         raise click.UsageError("give one of --fold K, --folds SPEC and --full")
+    if dry_run and (fold_spec is not None or resume):
+        raise click.UsageError("--dry-run tries one fold from scratch: give it --fold K (or nothing), not --folds "
+                               "or --resume")
     if fold_spec is not None:
         pipeline.train_folds(name, fold_spec, places(data_dir, runs_dir), **options)
     else:
-        pipeline.train(name, fold or 0, places(data_dir, runs_dir), full=full, **options)
+        pipeline.train(name, fold or 0, places(data_dir, runs_dir), full=full, dry_run=dry_run, **options)
 
 
 @cli.command()

@@ -7,6 +7,7 @@ any step can be rerun alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import shutil
@@ -23,6 +24,7 @@ from compkit.errors import CompkitError
 from compkit.places import Places
 
 RUNTIME_KEYS = {"device", "num_workers", "epochs", "patience", "tta"}  # may differ between folds of a run
+DRY_RUN_BATCHES = 2  # train --dry-run: batches of training and of validation
 DONE = "fold.json"  # written when a fold's training ends: its epochs, best epoch and score
 
 
@@ -195,10 +197,12 @@ def recipe_file(comp: Competition, recipe_path: str | Path | None) -> Path:
 
 def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | None = None,
           recipe_path: str | Path | None = None, run: str | None = None, resume: bool = False,
-          quiet: bool = False, full: bool = False) -> Path:
+          quiet: bool = False, full: bool = False, dry_run: bool = False, limit_batches: int | None = None) -> Path:
     """Train one fold; returns runs/NAME/<run>/fold<K>. ``full``: instead, a final fit on every labelled row
     with no validation, into runs/NAME/<run>/full, for the mean best epoch of the run's finished folds
-    unless ``epochs`` is given.
+    unless ``epochs`` is given. ``dry_run``: two batches of training and two of validation, through every
+    file a fold writes, in a temporary folder that is removed afterwards. ``limit_batches``: at most this
+    many batches of training and of validation per epoch.
 
     Everything that can be checked is checked before any work: the device, the run's config and
     split, the fold. The run folder is made only when training starts, so a failed start leaves none.
@@ -207,6 +211,10 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
 
     comp = competition(name)
     root = _data_root(comp, where)
+    if dry_run:
+        with tempfile.TemporaryDirectory(prefix="compkit-dry-run-") as scratch:
+            return _dry_run(name, fold, dataclasses.replace(where, runs=Path(scratch)), overrides, recipe_path,
+                            full, quiet)
     runs_root = where.runs / name
     overrides = overrides or {}
     part = "full" if full else f"fold{fold}"
@@ -253,8 +261,9 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
         # "latest" moves with each checkpoint, not when the run ends (which a kill never reaches); a run
         # that failed before its first checkpoint is no candidate
         validate = np.zeros(len(table), dtype=bool) if full else assignment == fold
-        result = _train.fit_fold(comp, config, table, validate, root, out_dir, resume=resume,
-                                 quiet=quiet, fold=-1 if full else fold, on_start=start, init_from=init_from,
+        result = _train.fit_fold(comp, config, table, validate, root, out_dir, resume=resume, quiet=quiet,
+                                 fold=-1 if full else fold, on_start=start, init_from=init_from,
+                                 limit_batches=limit_batches,
                                  after_epoch=(lambda _: places.point_latest(runs_root, run)) if main else None)
         if main:
             places.point_latest(runs_root, run)  # also for a resumed run that had no epoch left to train
@@ -263,6 +272,17 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     if full:
         best = f"{result['epochs_run']} epochs"
     echo(f"{what} done: {best + ' -> ' if best else ''}{out_dir}")
+    return out_dir
+
+
+def _dry_run(name: str, fold: int, where: Places, overrides: dict[str, Any] | None,
+             recipe_path: str | Path | None, full: bool, quiet: bool) -> Path:
+    """``train`` for one epoch of ``DRY_RUN_BATCHES`` batches in the scratch ``where.runs``; lists what it wrote."""
+    out_dir = train(name, fold, where, overrides={**(overrides or {}), "epochs": 1}, recipe_path=recipe_path,
+                    run="dry-run", quiet=quiet, full=full, limit_batches=DRY_RUN_BATCHES)
+    written = sorted(path.name for path in out_dir.iterdir() if not path.name.startswith("."))
+    echo(f"dry run passed: {DRY_RUN_BATCHES} training and {DRY_RUN_BATCHES} validation batches wrote "
+         f"{', '.join(written)} (removed again; nothing was kept)")
     return out_dir
 
 

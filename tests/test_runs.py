@@ -291,3 +291,29 @@ def test_the_baseline_is_a_random_forest_on_the_same_folds_and_metric(work):
     forest = RandomForestClassifier(n_estimators=50, n_jobs=-1, random_state=42, min_samples_leaf=2)
     forest.fit(x[~valid], y[~valid])
     assert got["folds"][0] == accuracy_score(y[valid], forest.predict(x[valid]))
+
+
+def test_a_dry_run_goes_through_every_file_of_a_fold_and_keeps_nothing(work, monkeypatch):
+    from compkit import _train
+
+    path, env = work
+    runs = path / "r" / "digits"
+    before = sorted(p.name for p in runs.iterdir())
+    latest = os.readlink(runs / "latest")
+    seen = {}
+    real_fit = _train.fit_fold
+
+    def spy(*args, **kwargs):
+        seen["out_dir"], seen["limit"] = args[5], kwargs["limit_batches"]
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(_train, "fit_fold", spy)
+    result = invoke("train", "digits", "--fold", "2", "--dry-run", "--device", "cpu", "--quiet", env=env)
+    assert result.exit_code == 0, result.output
+    assert seen["limit"] == 2 and "epoch 1/1" in result.output and "epoch 2/" not in result.output
+    assert ("wrote best.pt, curves.png, fold.json, last.pt, metrics.csv, oof.npz (removed again; nothing was kept)"
+            in result.output)
+    assert not seen["out_dir"].exists()  # the scratch folder is gone
+    assert sorted(p.name for p in runs.iterdir()) == before and os.readlink(runs / "latest") == latest
+    result = invoke("train", "digits", "--folds", "all", "--dry-run", env=env)
+    assert result.exit_code == 2 and "--dry-run tries one fold" in result.output
