@@ -226,6 +226,32 @@ def baseline(name: str, size: int, trees: int, data_dir: str | None) -> None:
     pipeline.baseline(name, places(data_dir), size=size, trees=trees)
 
 
+@cli.command("lr-find")
+@click.argument("name")
+@click.option("--fold", type=int, default=0, show_default=True, help="Whose training rows to use.")
+@click.option("--recipe", help="A recipe TOML file or a shipped recipe's name, as for train.")
+@click.option("--start", type=float, default=1e-7, show_default=True, help="Lowest lr tried.")
+@click.option("--end", type=float, default=1.0, show_default=True, help="Highest lr tried.")
+@click.option("--iterations", type=int, default=100, show_default=True, help="Steps over the range.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key; repeatable.")
+@data_option
+@runs_option
+def lr_find(name: str, fold: int, recipe: str | None, start: float, end: float, iterations: int,
+            sets: tuple[str, ...], data_dir: str | None, runs_dir: str | None) -> None:
+    """The learning-rate range test: a short run over an exponential lr range; plots runs/NAME/lr_find.png
+    and prints the suggested lr. No run is kept.
+
+    \b
+    Example:
+      compkit lr-find digits --fold 0 --recipe demo
+    """
+    from compkit import pipeline
+    from compkit.config import parse_sets
+
+    pipeline.lr_find(name, fold, places(data_dir, runs_dir), overrides=parse_sets(sets), recipe_path=recipe,
+                     start=start, end=end, iterations=iterations)
+
+
 @cli.group()
 def weights() -> None:
     """Pretrained weights for offline machines (COMPKIT_WEIGHTS_DIR).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import re
 import shutil
@@ -167,6 +168,51 @@ def baseline(name: str, where: Places, *, size: int = 32, trees: int = 200) -> d
     echo(f"baseline (random forest, {trees} trees, {size}x{size} pixels): CV {comp.metric} {result['score']:.5f}\n"
          + "\n".join(f"  fold {k}: {score:.5f}" for k, score in result["folds"].items()))
     return result
+
+
+def lr_find(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | None = None,
+            recipe_path: str | Path | None = None, start: float = 1e-7, end: float = 1.0,
+            iterations: int = 100) -> float:
+    """The learning-rate range test (torch-lr-finder) on fold ``fold``'s training rows: the loss over an
+    exponential lr range, plotted to runs/NAME/lr_find.png; returns the suggested lr (steepest descent).
+    The model is thrown away: no run is made."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torch_lr_finder import LRFinder, TrainDataLoaderIter
+
+    from compkit import _train, optim
+    from compkit.loaders import resolve_device
+
+    comp = competition(name)
+    root = _data_root(comp, where)
+    config = recipe(comp, recipe_path, overrides or {})
+    device = resolve_device(config.device)
+    rows, _, assignment = _fold_table(comp, root, config)
+    reg = registry.get()
+    model = reg.model(config.model, comp.num_classes, comp.in_channels, config.pretrained)
+    loader = _train.loader(comp, rows[assignment != fold].reset_index(drop=True), root, "train", config)
+
+    class Batches(TrainDataLoaderIter):
+        def inputs_labels_from_batch(self, batch: dict[str, Any]) -> tuple[Any, Any]:
+            return batch["image"], batch["target"]
+
+    finder = LRFinder(model, optim.build_optimizer(model, config), reg.loss(config.loss), device=device)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its own lines about what to call next
+        finder.range_test(Batches(loader), start_lr=start, end_lr=end, num_iter=iterations)
+        _, suggested = finder.plot(ax=axis, suggest_lr=True)
+    if suggested is None:
+        raise CompkitError(f"the loss did not fall over lr {start:g}..{end:g} in {iterations} steps: widen the range")
+    axis.set_title(f"{comp.name}: lr range test on fold {fold}'s training rows ({config.model})")
+    plot = where.runs / name / "lr_find.png"
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    with _io.atomic_path(plot) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    echo(f"suggested lr {suggested:.2e} (steepest fall of the loss; try it with --lr {suggested:.1e}); plot: {plot}")
+    return float(suggested)
 
 
 # -- train ------------------------------------------------------------------------------------

@@ -317,3 +317,17 @@ def test_a_dry_run_goes_through_every_file_of_a_fold_and_keeps_nothing(work, mon
     assert sorted(p.name for p in runs.iterdir()) == before and os.readlink(runs / "latest") == latest
     result = invoke("train", "digits", "--folds", "all", "--dry-run", env=env)
     assert result.exit_code == 2 and "--dry-run tries one fold" in result.output
+
+
+def test_lr_find_suggests_an_lr_inside_the_range_plots_it_and_keeps_no_run(work):
+    path, env = work
+    runs = path / "r" / "digits"
+    before = sorted(p.name for p in runs.iterdir())
+    result = invoke("lr-find", "digits", "--fold", "1", "--start", "1e-6", "--end", "0.5", "--iterations", "30",
+                    "--set", "device=cpu", "--set", "num_workers=0", "--set", "model=timm/resnet10t",
+                    "--set", "batch_size=64", env=env)
+    assert result.exit_code == 0, result.output
+    suggested = float(result.output.split("suggested lr ")[1].split()[0])
+    assert 1e-6 <= suggested <= 0.5
+    assert (runs / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in runs.iterdir() if p.name != "lr_find.png") == before  # no run made
