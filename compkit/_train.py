@@ -99,7 +99,39 @@ def make_engine(comp: Competition, config: Config, model: Any, loss: Any = None,
         amp=config.amp, channels_last=config.channels_last, compile=config.compile,
         accumulate=config.accumulate, clip_grad=config.clip_grad, ema=config.ema,
         precise_bn=config.precise_bn, seed=config.seed, quiet=quiet,
+        batch_transform=mixing(comp, config) if optimizer is not None else None,
     )
+
+
+def mixing(comp: Competition, config: Config) -> Callable[[Any, Any, int], tuple[Any, Any]] | None:
+    """Mixup / cutmix (timm's ``Mixup``) as the Engine's batch transform, or None when both are off.
+
+    Targets become mixed one-hot probabilities. timm mixes pairs, so an odd batch mixes all but its
+    last sample, which keeps its one-hot target. The last ``mix_off_epoch`` epochs are not mixed.
+    """
+    if not (config.mixup or config.cutmix):
+        return None
+    if comp.task != "classification":
+        raise CompkitError(f"mixup and cutmix are for classification; {comp.name} is {comp.task}: set both to 0")
+    import torch
+    from timm.data import Mixup
+
+    # multi_label: timm then mixes dense targets as they are, so soft targets (plant pathology) mix too
+    mix = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mix_prob,
+                label_smoothing=0.0, num_classes=comp.num_classes, multi_label=True)
+    last_mixed = config.epochs - config.mix_off_epoch
+
+    def transform(images: Any, targets: Any, epoch: int) -> tuple[Any, Any]:
+        if epoch > last_mixed:
+            return images, targets
+        soft = targets.float() if targets.ndim > 1 else torch.nn.functional.one_hot(targets, comp.num_classes).float()
+        even = len(images) - len(images) % 2
+        if even:
+            images, soft = images.clone(), soft.clone()
+            images[:even], soft[:even] = mix(images[:even], soft[:even])
+        return images, soft
+
+    return transform
 
 
 def notify(comp: Competition, fold: int, epoch: int, metrics: dict[str, float]) -> None:

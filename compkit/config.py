@@ -30,6 +30,8 @@ RANGES = {
     "gamma": (0.0, 1.0, False), "accumulate": (1, None, True), "clip_grad": (0.0, None, True),
     "ema": (0.0, 1.0, True), "precise_bn": (0, None, True), "patience": (0, None, True),
     "n_folds": (2, None, True), "num_workers": (-1, MAX_WORKERS, True),
+    "mixup": (0.0, None, True), "cutmix": (0.0, None, True), "mix_prob": (0.0, 1.0, True),
+    "mix_off_epoch": (0, None, True),
 }
 
 
@@ -68,6 +70,10 @@ class Config:
     num_workers: int = -1  # DataLoader workers, -1 picks from the available cores
     gpu_data: bool = False  # small images only: hold the training set on the GPU as uint8
     init_from: str = ""  # start from another run's best weights: RUN (the same fold) or RUN/foldK
+    mixup: float = 0.0  # mixup's Beta(alpha, alpha) for classification (timm's Mixup), 0 is off
+    cutmix: float = 0.0  # cutmix's Beta(alpha, alpha) for classification, 0 is off
+    mix_prob: float = 1.0  # share of training batches mixed when mixup or cutmix is on
+    mix_off_epoch: int = 0  # the last this many epochs train without mixing
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -91,8 +91,9 @@ class Engine:
     ``amp``: "bf16" | "fp16" | "off" (CUDA only; CPU runs float32). ``ema``: decay of a weight EMA
     (0 = off) that is then evaluated, saved and used by ``predict``. ``precise_bn``: before each
     validation, recompute BatchNorm's running statistics as a plain average over this many training
-    batches with the epoch's final weights (0 = off: keep training's running averages). ``quiet``
-    hides the progress bars and notes; the line per epoch and the final best line always print (on
+    batches with the epoch's final weights (0 = off: keep training's running averages).
+    ``batch_transform(images, targets, epoch)``: applied to every training batch on the device (mixup,
+    cutmix); it returns the new pair. ``quiet`` hides the progress bars and notes; the line per epoch and the final best line always print (on
     the main process). Under torchrun the process group is set up here; use the Engine as a context
     manager (or call ``close()``) to leave it cleanly.
     """
@@ -115,6 +116,7 @@ class Engine:
         precise_bn: int = 0,
         seed: int = 42,
         quiet: bool = False,
+        batch_transform: Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, ...]] | None = None,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise CompkitError(f"unknown activation {activation!r}; available: softmax, sigmoid, None")
@@ -128,6 +130,7 @@ class Engine:
         self.schedule = schedule or Schedule()
         self.accumulate, self.clip_grad, self.seed = max(1, accumulate), clip_grad, seed
         self.precise_bn = max(0, precise_bn)
+        self.batch_transform = batch_transform
         self.amp_dtype = self._amp_dtype(amp)
         # float16 overflows above 65504, so its gradients need scaling; bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -388,6 +391,8 @@ class Engine:
             for index, batch in enumerate(progress):
                 images = self._to_device(batch["image"])
                 target = self._to_device(batch["target"])
+                if self.batch_transform is not None:  # e.g. mixup/cutmix, on the device
+                    images, target = self.batch_transform(images, target, epoch)
                 update = (index + 1) % self.accumulate == 0 or index + 1 == batches
                 with self._gradient_sync(update):
                     with self._autocast():
