@@ -116,3 +116,10 @@ def test_the_main_job_line_runs_as_written(tmp_path):
     sample = pd.read_csv(tmp_path / "data" / "siim" / "sample_submission.csv")
     assert list(frame.columns) == list(sample.columns) and frame.iloc[:, 0].equals(sample.iloc[:, 0])
     assert "CV dice:" in result.stdout
+
+
+def test_the_readme_lists_every_config_key():
+    from compkit.config import keys
+
+    (listing,) = re.findall(r"lists the valid keys:\n\n`([^`]+)`", README)
+    assert listing.split() == keys()
