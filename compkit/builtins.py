@@ -197,3 +197,21 @@ def register_models(register: Callable[[str, Callable[..., Any]], None]) -> None
 def register_losses(register: Callable[[str, Callable[[], Any]], None]) -> None:
     for name, class_name in LOSSES.items():
         register(name, _loss(class_name))
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")  # the functions of those names in compkit.optim
+
+
+def _optimizer(name: str) -> Callable[..., Any]:
+    def factory(groups: list[dict[str, Any]], config: Any) -> Any:
+        from compkit import optim
+
+        return getattr(optim, name)(groups, config)
+
+    return factory
+
+
+@hookimpl
+def register_optimizers(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    for name in OPTIMIZERS:
+        register(name, _optimizer(name))

@@ -17,16 +17,15 @@ import tomllib
 from compkit.errors import CompkitError
 
 AMP_MODES = ("bf16", "fp16", "off")
-OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "none")
 TTA_MODES = ("none", "hflip", "vflip", "flips", "d4")
-CHOICES = {"amp": AMP_MODES, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "tta": TTA_MODES}
+CHOICES = {"amp": AMP_MODES, "scheduler": SCHEDULERS, "tta": TTA_MODES}  # optimizers: a registry
 # The values a key may take: (lowest, highest, whether the lowest itself is allowed); None is unbounded.
 MAX_WORKERS = 256
 RANGES = {
     "image_size": (1, None, True), "epochs": (1, None, True), "batch_size": (1, None, True),
     "lr": (0.0, None, False), "head_lr_multiplier": (0.0, None, False), "weight_decay": (0.0, None, True),
-    "momentum": (0.0, 1.0, True), "warmup_epochs": (0.0, None, True), "step_size": (1, None, True),
+    "momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, True), "eps": (0.0, None, False), "warmup_epochs": (0.0, None, True), "step_size": (1, None, True),
     "gamma": (0.0, 1.0, False), "accumulate": (1, None, True), "clip_grad": (0.0, None, True),
     "ema": (0.0, 1.0, True), "precise_bn": (0, None, True), "patience": (0, None, True),
     "n_folds": (2, None, True), "num_workers": (-1, MAX_WORKERS, True),
@@ -47,9 +46,12 @@ class Config:
     batch_size: int = 32  # images per step and process
     lr: float = 1e-3  # the body's learning rate
     head_lr_multiplier: float = 1.0  # the classifier head trains at lr * this (10 for fine-tunes)
-    optimizer: str = "adamw"  # adam | adamw | sgd
-    weight_decay: float = 1e-4  # decoupled (adamw) or L2; never on norms and biases
-    momentum: float = 0.9  # sgd only
+    optimizer: str = "adamw"  # registered optimizer: adam | adamw | sgd | rmsprop, or a plugin's
+    weight_decay: float = 1e-4  # decoupled (adamw) or L2; on norms and biases only with decay_1d
+    decay_1d: bool = False  # decay biases and norm scales too (the ISBI recipe decays everything)
+    momentum: float = 0.9  # sgd and rmsprop
+    alpha: float = 0.99  # rmsprop's smoothing constant
+    eps: float = 1e-8  # the optimizer's epsilon (adam, adamw, rmsprop)
     nesterov: bool = False  # sgd only
     scheduler: str = "cosine"  # cosine | onecycle | step | plateau | none
     warmup_epochs: float = 0.0  # linear warmup before cosine

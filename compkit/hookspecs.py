@@ -32,6 +32,12 @@ def register_losses(register: Callable[[str, Callable[[], Any]], None]) -> None:
 
 
 @hookspec
+def register_optimizers(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """At start-up: ``register("name", factory)``; ``factory(param_groups, config)`` returns a torch optimizer
+    (each group carries its own ``lr`` and ``weight_decay``; read other settings from ``config``)."""
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """When the CLI is built: add click commands to ``cli`` (new names only; replacing or removing one is refused)."""
 

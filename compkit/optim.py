@@ -32,10 +32,10 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [parameter for head in heads if isinstance(head, nn.Module) for parameter in head.parameters()]
 
 
-def _is_decayed(parameter: nn.Parameter) -> bool:
-    # Biases and normalisation scales (all 1-d) are not decayed: shrinking them towards zero only
-    # fights the normalisation, which is why timm and most fine-tuning recipes exclude them.
-    return parameter.ndim > 1
+def _is_decayed(parameter: nn.Parameter, config: Any) -> bool:
+    # Biases and normalisation scales (all 1-d) are not decayed unless asked: shrinking them towards
+    # zero only fights the normalisation, which is why timm and most fine-tuning recipes exclude them.
+    return parameter.ndim > 1 or config.decay_1d
 
 
 def parameter_groups(model: nn.Module, config: Any) -> list[dict[str, Any]]:
@@ -52,7 +52,7 @@ def parameter_groups(model: nn.Module, config: Any) -> list[dict[str, Any]]:
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for parameter in model.parameters():
         if parameter.requires_grad:
-            key = (id(parameter) in head_ids, _is_decayed(parameter))
+            key = (id(parameter) in head_ids, _is_decayed(parameter, config))
             groups.setdefault(key, []).append(parameter)
     return [
         {
@@ -65,15 +65,27 @@ def parameter_groups(model: nn.Module, config: Any) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, config: Any) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD over ``parameter_groups``; the body (first group) learns at ``config.lr``."""
-    groups = parameter_groups(model, config)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
-    raise CompkitError(f"unknown optimizer {config.optimizer!r}; available: adam, adamw, sgd")
+    """The registered optimizer ``config.optimizer`` over ``parameter_groups``; the body (first group)
+    learns at ``config.lr``."""
+    from compkit import registry
+
+    return registry.get().optimizer(config.optimizer)(parameter_groups(model, config), config)
+
+
+def adam(groups: list[dict[str, Any]], config: Any) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=config.lr, eps=config.eps)
+
+
+def adamw(groups: list[dict[str, Any]], config: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=config.lr, eps=config.eps)
+
+
+def sgd(groups: list[dict[str, Any]], config: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+
+
+def rmsprop(groups: list[dict[str, Any]], config: Any) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(groups, lr=config.lr, alpha=config.alpha, eps=config.eps, momentum=config.momentum)
 
 
 @dataclass

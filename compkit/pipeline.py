@@ -587,7 +587,8 @@ def plugin_report() -> list[str]:
         head = f"{plugin.name} ({plugin.distribution} {plugin.version})"
         parts = [f"{kind}: {', '.join(names)}" for kind, names in
                  (("competitions", plugin.competitions), ("models", plugin.models),
-                  ("losses", plugin.losses), ("commands", plugin.commands)) if names]
+                  ("losses", plugin.losses), ("optimizers", plugin.optimizers), ("commands", plugin.commands))
+                 if names]
         if plugin.error:
             lines.append(f"{head}: FAILED: {plugin.error}" + (f" (still loaded: {'; '.join(parts)})" if parts else ""))
             continue

@@ -47,6 +47,7 @@ class Plugin:
     competitions: list[str] = dataclasses.field(default_factory=list)
     models: list[str] = dataclasses.field(default_factory=list)
     losses: list[str] = dataclasses.field(default_factory=list)
+    optimizers: list[str] = dataclasses.field(default_factory=list)
     commands: list[str] = dataclasses.field(default_factory=list)
 
     def who(self) -> str:

@@ -1,4 +1,4 @@
-"""Names -> competitions, model factories and loss factories, gathered from every plugin.
+"""Names -> competitions, model, loss and optimizer factories, gathered from every plugin.
 
 A name two plugins register is refused to both, recorded against both naming both (their other
 registrations keep working). Unknown names list what exists.
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from compkit.competition import Competition
 
-PLURAL = {"competition": "competitions", "model": "models", "loss": "losses"}
+PLURAL = {"competition": "competitions", "model": "models", "loss": "losses", "optimizer": "optimizers"}
 INSTALL_HINT = "Install one with: pip install compkit-<name> (first-party: siim, plant-pathology, cifar10, hotdog, digits)"
 
 
@@ -28,14 +28,16 @@ class Registry:
 
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
-        self.owners: dict[str, dict[str, str]] = {"competition": {}, "model": {}, "loss": {}}
-        self.clashes: dict[str, dict[str, str]] = {"competition": {}, "model": {}, "loss": {}}  # name -> why
+        self.owners: dict[str, dict[str, str]] = {kind: {} for kind in PLURAL}
+        self.clashes: dict[str, dict[str, str]] = {kind: {} for kind in PLURAL}  # name -> why
         self.competitions: dict[str, Competition] = {}
         self.models: dict[str, Callable[..., Any]] = {}
         self.losses: dict[str, Callable[[], Any]] = {}
+        self.optimizers: dict[str, Callable[..., Any]] = {}
         self._collect("register_competitions", "competition", self.competitions, self._add_competition)
         self._collect("register_models", "model", self.models, self._add_factory)
         self._collect("register_losses", "loss", self.losses, self._add_factory)
+        self._collect("register_optimizers", "optimizer", self.optimizers, self._add_factory)
 
     def _collect(self, hook: str, kind: str, table: dict, adapter: Callable[..., tuple[str, Any]]) -> None:
         for impl in self.manager.implementations(hook):
@@ -113,6 +115,15 @@ class Registry:
         if name not in self.losses:
             raise CompkitError(f"unknown loss {name!r}; available: {', '.join(sorted(self.losses))}")
         return self.losses[name]()
+
+    def optimizer(self, name: str) -> Callable[..., Any]:
+        """The registered optimizer factory ``name``: ``factory(param_groups, config)``."""
+        if name in self.clashes["optimizer"]:
+            raise CompkitError(self.clashes["optimizer"][name])
+        if name not in self.optimizers:
+            raise CompkitError(f"unknown optimizer {name!r}; available: {', '.join(sorted(self.optimizers))} "
+                               "(a plugin adds one with the register_optimizers hook)")
+        return self.optimizers[name]
 
 
 @functools.cache

@@ -25,7 +25,7 @@ def group_of(optimizer: torch.optim.Optimizer, parameter: nn.Parameter) -> dict:
     return next(group for group in optimizer.param_groups if any(p is parameter for p in group["params"]))
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
 def test_optimizers_cover_every_parameter_once(name):
     model = small_model()
     optimizer = optim.build_optimizer(model, Config(optimizer=name, lr=0.01, nesterov=True))
@@ -34,6 +34,10 @@ def test_optimizers_cover_every_parameter_once(name):
     assert type(optimizer).__name__.lower() == name
     if name == "sgd":
         assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["nesterov"]
+    if name == "rmsprop":  # the ISBI recipe's settings reach torch
+        recipe = Config(optimizer="rmsprop", lr=1e-5, weight_decay=1e-8, momentum=0.9, alpha=0.9, eps=1e-6)
+        defaults = optim.build_optimizer(model, recipe).defaults
+        assert (defaults["lr"], defaults["momentum"], defaults["alpha"], defaults["eps"]) == (1e-5, 0.9, 0.9, 1e-6)
 
 
 def test_biases_and_norm_weights_get_no_weight_decay():
@@ -158,7 +162,7 @@ def test_schedule_state_survives_a_weights_only_checkpoint(name):
 
 def test_unknown_names_say_what_is_available():
     config = SimpleNamespace(**{**Config().to_dict(), "optimizer": "lamb", "scheduler": "poly"})
-    with pytest.raises(CompkitError, match="available: adam, adamw, sgd"):
+    with pytest.raises(CompkitError, match="available: adam, adamw, rmsprop, sgd .*register_optimizers"):
         optim.build_optimizer(small_model(), config)
     with pytest.raises(CompkitError, match="available: cosine"):
         optim.build_scheduler(torch.optim.SGD(small_model().parameters(), lr=0.1), config, 1)
@@ -168,3 +172,29 @@ def test_optimizer_steps_count_a_short_last_group():
     assert optim.optimizer_steps_per_epoch(10, 3) == 4
     assert optim.optimizer_steps_per_epoch(10, 1) == 10
     assert math.isclose(optim.warmup_cosine(0, 10)(10), 0.0, abs_tol=1e-12)
+
+
+def test_decay_1d_decays_biases_and_norm_scales_too():
+    model = small_model()
+    plain = optim.build_optimizer(model, Config(weight_decay=0.1))
+    everything = optim.build_optimizer(model, Config(weight_decay=0.1, decay_1d=True))
+    assert {group["weight_decay"] for group in plain.param_groups} == {0.0, 0.1}
+    assert [group["weight_decay"] for group in everything.param_groups] == [0.1]
+
+
+def test_a_plugin_registers_an_optimizer_through_the_hook():
+    from compkit import builtins, hookimpl, plugins
+    from compkit.registry import Registry
+
+    class Lion:
+        @hookimpl
+        def register_optimizers(self, register):
+            register("sgd-plain", lambda groups, config: torch.optim.SGD(groups, lr=config.lr))
+
+    manager = plugins.Manager()
+    manager.add("compkit", builtins, "compkit", "0")
+    manager.add("lion", Lion(), "compkit-lion", "1.0")
+    registry = Registry(manager)
+    made = registry.optimizer("sgd-plain")(optim.parameter_groups(small_model(), Config(lr=0.5)), Config(lr=0.5))
+    assert isinstance(made, torch.optim.SGD) and made.defaults["momentum"] == 0
+    assert manager.plugins["lion"].optimizers == ["sgd-plain"] and "rmsprop" in registry.optimizers
