@@ -1,25 +1,32 @@
 """Fetch competition data (official kaggle client, or a plain URL) and upload submissions.
 
 ``kaggle`` logs in when it is imported, so it is imported only inside these functions, after the
-credentials were checked. Downloads are idempotent: see :func:`competition_files`.
+credentials were checked. Downloads are idempotent: see :func:`competition_files`. Every request has a
+timeout, and idempotent calls are retried a bounded number of times (:mod:`compkit._net`). No message,
+log line or output of the client shows a credential (:func:`_redact`).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
 import datetime
+import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import sys
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
-from compkit import archives
+from compkit import _net, archives
 from compkit._io import write_text
 from compkit.errors import CompkitError
 
@@ -48,7 +55,14 @@ def competition_files(slug: str, root: str | os.PathLike, *, force: bool = False
         f"competition '{slug}'",
         force,
         lambda api, staging: _call(
-            advice, api.competition_download_files, slug, path=str(staging), force=force, quiet=False
+            advice,
+            api.competition_download_files,
+            slug,
+            path=str(staging),
+            force=force,
+            quiet=False,
+            doing=f"downloading competition '{slug}'",
+            retry=True,
         ),
     )
     return Path(root)
@@ -82,6 +96,8 @@ def competition_file(slug: str, file_name: str, root: str | os.PathLike, *, forc
             path=str(staging),
             force=force,
             quiet=False,
+            doing=f"downloading file '{file_name}' of competition '{slug}'",
+            retry=True,
         ),
         keep=name,
     )
@@ -109,7 +125,14 @@ def dataset(ref: str, root: str | os.PathLike, *, version: int | None = None, fo
         f"dataset '{full_ref}'",
         force,
         lambda api, staging: _call(
-            advice, api.dataset_download_files, full_ref, path=str(staging), force=force, quiet=False
+            advice,
+            api.dataset_download_files,
+            full_ref,
+            path=str(staging),
+            force=force,
+            quiet=False,
+            doing=f"downloading dataset '{full_ref}'",
+            retry=True,
         ),
     )
     return Path(root)
@@ -158,13 +181,38 @@ def submit(slug: str, path: str | os.PathLike, message: str) -> dict:
         f"https://www.kaggle.com/competitions/{slug}.",
     }
     api = _client()
-    result = _call(advice, api.competition_submit, str(path), message, slug)
-    text = str(getattr(result, "message", "") or "")
+    rules = _net.policy()
+    # Not retried: a second CreateSubmission would be a second submission. Only the blob upload inside it
+    # (a PUT of the same bytes to the same URL) is repeated, by _net.bounded.
+    with _net.bounded(rules) as failures:
+        try:
+            result = _call(
+                advice,
+                api.competition_submit,
+                str(path),
+                message,
+                slug,
+                doing=f"submitting {path} to '{slug}'",
+            )
+        except CompkitError:
+            if not (failures and failures[-1].url.endswith("/CreateSubmission")):
+                raise
+            raise CompkitError(
+                f"Kaggle did not answer the request that creates the submission of {path} to '{slug}' "
+                f"({_net.reason(failures[-1].error, rules)}). It was not sent again because Kaggle may have "
+                f"received it: check `kaggle competitions submissions {slug}` before you submit again."
+            ) from None
+    text = _redact(str(getattr(result, "message", "") or ""))
     ref = getattr(result, "ref", 0) or 0
     # A failed upload is returned, not raised, and carries no submission id.
+    if text == UPLOAD_FAILED and failures and failures[-1].method == "PUT":
+        raise CompkitError(
+            f"uploading {path} to Kaggle failed: {_net.reason(failures[-1].error, rules)}, {_net.tried(rules.retries + 1)}. "
+            f"Nothing was submitted: check your network connection and run again; {rules.advice()}."
+        )
     if text == UPLOAD_FAILED or not ref:
         raise CompkitError(
-            f"Kaggle did not accept {path} for competition '{slug}': {_redact(text) or 'no submission id came back'}. "
+            f"Kaggle did not accept {path} for competition '{slug}': {text or 'no submission id came back'}. "
             "Check the file against the competition's sample submission, your daily submission limit, "
             "and your network, then run again."
         )
@@ -175,7 +223,16 @@ def submit(slug: str, path: str | os.PathLike, message: str) -> dict:
 def submissions(slug: str) -> list[dict]:
     """The recent submissions to competition ``slug``, newest first, as dicts of SUBMISSION_FIELDS."""
     api = _client()
-    found = _call(_competition_advice(slug), api.competition_submissions, slug) or []
+    found = (
+        _call(
+            _competition_advice(slug),
+            api.competition_submissions,
+            slug,
+            doing=f"listing the submissions to '{slug}'",
+            retry=True,
+        )
+        or []
+    )
     rows = []
     for submission in found:
         values = submission.to_dict(ignore_defaults=False)
@@ -292,33 +349,42 @@ def _unpack(staging: Path, root: Path, keep: str | None) -> list[Path]:
 
 
 def _download_url(address: str, destination: Path, expected: dict[str, str | None]) -> None:
-    """Stream ``address`` to ``destination`` (through a ``.part`` file), checking size and checksums."""
+    """Stream ``address`` to ``destination`` (through a ``.part`` file), checking size and checksums.
+
+    A network failure is retried from the start, ``COMPKIT_NET_RETRIES`` times (see :mod:`compkit._net`).
+    """
     import requests
 
     part = destination.with_name(destination.name + ".part")
-    hashes = {algorithm: hashlib.new(algorithm) for algorithm, digest in expected.items() if digest}
     shown = _shown(address)
-    try:
-        with requests.get(address, stream=True, timeout=(15, 120)) as response:
-            response.raise_for_status()
-            total = int(response.headers.get("Content-Length") or 0) or None
-            _stream(response, part, hashes, total, destination.name)
-    except requests.HTTPError as error:
-        part.unlink(missing_ok=True)
-        status = error.response.status_code if error.response is not None else "?"
-        raise CompkitError(
-            f"downloading {shown} failed: the server answered {status}; check the URL"
-        ) from None
-    except (requests.ConnectionError, requests.Timeout) as error:
-        part.unlink(missing_ok=True)
-        raise CompkitError(
-            f"could not reach {shown} ({type(error).__name__}): check your network connection. {OFFLINE_HINT}"
-        ) from None
-    except requests.RequestException as error:
-        part.unlink(missing_ok=True)
-        raise CompkitError(
-            f"downloading {shown} was interrupted ({type(error).__name__}); run the command again"
-        ) from None
+    rules = _net.policy()
+    for retry in range(rules.retries + 1):
+        hashes = {algorithm: hashlib.new(algorithm) for algorithm, digest in expected.items() if digest}
+        try:
+            with requests.get(address, stream=True, timeout=rules.timeouts) as response:
+                response.raise_for_status()
+                total = int(response.headers.get("Content-Length") or 0) or None
+                _stream(response, part, hashes, total, destination.name)
+            break
+        except requests.HTTPError as error:
+            part.unlink(missing_ok=True)
+            status = error.response.status_code if error.response is not None else "?"
+            raise CompkitError(
+                f"downloading {shown} failed: the server answered {status}; check the URL"
+            ) from None
+        except _net.transient_errors() as error:
+            part.unlink(missing_ok=True)
+            if retry == rules.retries:
+                raise CompkitError(
+                    f"could not download {shown}: {_net.reason(error, rules)}, {_net.tried(retry + 1)}. Check "
+                    f"your network connection and run the command again; {rules.advice()}. {OFFLINE_HINT}"
+                ) from None
+            _retrying(f"downloading {shown}", error, rules, retry + 1)
+        except requests.RequestException as error:
+            part.unlink(missing_ok=True)
+            raise CompkitError(
+                f"downloading {shown} was interrupted ({type(error).__name__}); run the command again"
+            ) from None
     if total is not None and part.stat().st_size != total:
         size = part.stat().st_size
         part.unlink()
@@ -394,6 +460,11 @@ def _access_token_file() -> Path | None:
     return None
 
 
+def check_credentials() -> None:
+    """Raise CompkitError saying what to do when no Kaggle credentials are set (makes no request)."""
+    _require_credentials()
+
+
 def _require_credentials() -> None:
     """Raise a CompkitError saying what to do unless some credential the client accepts exists."""
     if os.environ.get("KAGGLE_API_TOKEN") or _access_token_file() is not None:
@@ -439,21 +510,87 @@ def _secrets() -> list[str]:
     return [secret for secret in found if isinstance(secret, str) and len(secret) >= 4]
 
 
-def _redact(text: str) -> str:
-    """``text`` with every known credential replaced, for messages built from the client's errors."""
+def _secret_forms() -> list[str]:
+    """Every way a credential may show up, longest first.
+
+    Raw (also the ``Bearer <token>`` of an access token), base64 of itself and of ``username:key`` (HTTP
+    Basic), each with and without its ``=`` padding, and each of those URL-quoted (``quote``, ``quote`` with
+    nothing safe, ``quote_plus``).
+    """
+    usernames = {os.environ.get("KAGGLE_USERNAME")}
+    with contextlib.suppress(CompkitError):
+        usernames.add(_config_file_values().get("username"))
+    forms: set[str] = set()
     for secret in _secrets():
-        text = text.replace(secret, "***")
+        texts = [secret, _b64(secret)] + [
+            _b64(f"{name}:{secret}") for name in usernames if isinstance(name, str)
+        ]
+        for text in texts + [text.rstrip("=") for text in texts]:
+            forms |= {text, quote(text), quote(text, safe=""), quote_plus(text)}
+    return sorted((form for form in forms if len(form) >= 4), key=len, reverse=True)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _redact(text: str, forms: list[str] | None = None) -> str:
+    """``text`` with every form of every known credential replaced by ``***``."""
+    for form in _secret_forms() if forms is None else forms:
+        text = text.replace(form, "***")
     return text
+
+
+class _RedactingStream:
+    """Wraps a text stream (stdout, stderr) so that what the kaggle client prints shows no credential."""
+
+    def __init__(self, stream, forms: list[str]):
+        self._stream, self._forms = stream, forms
+
+    def write(self, text: str) -> int:
+        return self._stream.write(_redact(text, self._forms))
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _redacted_output() -> Iterator[None]:
+    """While the client runs, redact what it prints and every log record (message and traceback)."""
+    forms = _secret_forms()
+    make_record = logging.getLogRecordFactory()
+
+    def redacted_record(*args, **kwargs) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        with contextlib.suppress(Exception):  # a malformed record is left for logging to report
+            record.msg, record.args = _redact(record.getMessage(), forms), ()
+            if record.exc_info:
+                record.exc_text = _redact(
+                    "".join(traceback.format_exception(*record.exc_info)).rstrip("\n"), forms
+                )
+        return record
+
+    logging.setLogRecordFactory(redacted_record)
+    try:
+        with (
+            contextlib.redirect_stdout(_RedactingStream(sys.stdout, forms)),
+            contextlib.redirect_stderr(_RedactingStream(sys.stderr, forms)),
+        ):
+            yield
+    finally:
+        logging.setLogRecordFactory(make_record)
 
 
 def _client():
     """A logged-in ``kaggle.api.kaggle_api_extended.KaggleApi`` that follows the current environment."""
     _require_credentials()
     try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
+        # It logs in at import time (an access token is checked over the network).
+        with _net.bounded(_net.policy()), _redacted_output():
+            from kaggle.api.kaggle_api_extended import KaggleApi
     except ImportError as error:
         raise CompkitError(f"cannot import the kaggle client ({error}): pip install kaggle six") from None
-    except (Exception, SystemExit) as error:  # it logs in at import time and may exit
+    except (Exception, SystemExit) as error:  # it may also exit
         raise CompkitError(
             _redact(f"the kaggle client failed to start ({type(error).__name__}: {error})")
         ) from None
@@ -464,8 +601,10 @@ def _client():
     api.config = str(config_dir / "kaggle.json")
     local = os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST"
     api.args = [arg for arg in KaggleApi.args if arg != "--local"] + (["--local"] if local else [])
+    # Its file transfer retries 5 times itself (300 s read timeout, up to 60 s apart); _call retries instead.
+    api.download_file = functools.partial(api.download_file, max_retries=0)
     try:
-        _call({}, api.authenticate)
+        _call({}, api.authenticate, doing="checking your Kaggle credentials", retry=True)
     except CompkitError as error:
         # The client found a token but the server called it invalid, then fell through to "no credentials".
         token = os.environ.get("KAGGLE_API_TOKEN") or _access_token_file() is not None
@@ -478,40 +617,79 @@ def _client():
     return api
 
 
-def _call(advice: dict[int, str], function: Callable, *args, **kwargs):
-    """Call a kaggle client function, turning each way it fails into a CompkitError saying what to do."""
-    with _translated_errors(advice):
-        return function(*args, **kwargs)
+def _call(
+    advice: dict[int, str],
+    function: Callable,
+    *args,
+    doing: str = "talking to Kaggle",
+    retry: bool = False,
+    **kwargs,
+):
+    """Call a kaggle client function, turning each way it fails into a CompkitError saying what to do.
+
+    Every request it sends has the timeouts of :func:`compkit._net.policy`. ``retry=True`` (only for an
+    idempotent call: a download, a listing) tries again after a network failure, ``COMPKIT_NET_RETRIES``
+    times, waiting 1, 2, 4 ... s between tries. ``doing`` names the call in messages.
+    """
+    rules = _net.policy()
+    tries = rules.retries + 1 if retry else 1
+    with _translated_errors(advice, doing, rules, tries), _net.bounded(rules), _redacted_output():
+        for attempt in range(1, tries + 1):
+            try:
+                return function(*args, **kwargs)
+            except _net.transient_errors() as error:
+                if attempt == tries:
+                    raise
+                _retrying(doing, error, rules, attempt)
+
+
+def _retrying(doing: str, error: Exception, rules: _net.Policy, retry: int) -> None:
+    """Say that a network failure is retried, and wait before the retry."""
+    delay = rules.backoff(retry)
+    _say(
+        f"{doing}: {_net.reason(error, rules)}; trying again in {delay:g} s (retry {retry} of {rules.retries})"
+    )
+    time.sleep(delay)
 
 
 @contextlib.contextmanager
-def _translated_errors(advice: dict[int, str]) -> Iterator[None]:
-    import requests
-
+def _translated_errors(advice: dict[int, str], doing: str, rules: _net.Policy, tries: int) -> Iterator[None]:
+    """Turn what the client raises into a CompkitError whose message shows no credential."""
     try:
         yield
     except CompkitError:
         raise
-    except SystemExit:  # the client prints help and exits when it finds no credentials
-        raise CompkitError(_no_credentials_message()) from None
-    except requests.HTTPError as error:
-        raise CompkitError(_redact(_http_message(error, advice))) from None
-    except (requests.ConnectionError, requests.Timeout) as error:
-        raise CompkitError(
-            f"Could not reach Kaggle ({type(error).__name__}): check your network connection and proxy "
-            f"settings. {OFFLINE_HINT}"
-        ) from None
-    except ValueError as error:
-        if "does not match expected size" in str(error):
-            raise CompkitError(
-                f"the download from Kaggle was incomplete ({error}); run the command again"
-            ) from None
-        raise CompkitError(_redact(f"the kaggle client failed: {type(error).__name__}: {error}")) from None
-    except Exception as error:
-        raise CompkitError(_redact(f"the kaggle client failed: {type(error).__name__}: {error}")) from None
+    except BaseException as error:
+        message = _failure_message(error, advice, doing, rules, tries)
+        if message is None:
+            raise
+        raise CompkitError(_redact(message)) from None
 
 
-def _http_message(error, advice: dict[int, str]) -> str:
+def _failure_message(
+    error: BaseException, advice: dict[int, str], doing: str, rules, tries: int
+) -> str | None:
+    """What to tell the user about ``error``, or None for an error to pass on as it is (KeyboardInterrupt)."""
+    import requests
+
+    if isinstance(error, SystemExit):  # the client prints help and exits when it finds no credentials
+        return _no_credentials_message()
+    if isinstance(error, requests.HTTPError):
+        return _http_message(error, advice, doing)
+    if isinstance(error, _net.transient_errors()):
+        offline = "" if doing.startswith(("submitting", "listing")) else f" {OFFLINE_HINT}"
+        return (
+            f"Could not reach Kaggle while {doing}: {_net.reason(error, rules)}, {_net.tried(tries)}. Check your "
+            f"network connection and proxy settings, then run again; {rules.advice()}.{offline}"
+        )
+    if isinstance(error, ValueError) and "does not match expected size" in str(error):
+        return f"the download from Kaggle was incomplete ({error}); run the command again"
+    if isinstance(error, Exception):
+        return f"the kaggle client failed while {doing}: {type(error).__name__}: {error}"
+    return None
+
+
+def _http_message(error, advice: dict[int, str], doing: str = "talking to Kaggle") -> str:
     status = _status(error)
     if status in advice:
         return advice[status]
@@ -524,7 +702,7 @@ def _http_message(error, advice: dict[int, str]) -> str:
         return "Kaggle is limiting how fast you send requests (429 Too Many Requests): wait a few minutes and run again."
     if status is not None and status >= 500:
         return f"Kaggle had a server error ({status}): try again later."
-    return f"Kaggle answered {status}: {error}"
+    return f"Kaggle answered {status} while {doing}: {error}"
 
 
 def _status(error) -> int | None:
@@ -548,4 +726,4 @@ def _competition_advice(slug: str) -> dict[int, str]:
 
 
 def _say(message: str) -> None:
-    print(f"compkit: {message}", file=sys.stderr)
+    print(f"compkit: {_redact(message)}", file=sys.stderr)

@@ -10,12 +10,14 @@ import base64
 import io
 import json
 import os
+import socket
+import struct
 import threading
 import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 API = "/api/v1/"
 COMPETITIONS = "competitions.CompetitionApiService/"
@@ -23,6 +25,7 @@ DATASETS = "datasets.DatasetApiService/"
 INTROSPECT = "security.OAuthService/IntrospectToken"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 SOCKET_TIMEOUT_SECONDS = 10
+STALL_SECONDS = 30  # how long a stalled request waits at most (stop() releases it at once)
 
 
 def zip_bytes(files: dict[str, bytes]) -> bytes:
@@ -51,6 +54,7 @@ def point_client_at(monkeypatch, fake: FakeKaggle, home: Path) -> None:
 
     ``home`` becomes HOME (so no real ~/.kaggle is read) and holds the KAGGLE_CONFIG_DIR.
     HTTPS goes to the fake too: a request meant for the real api.kaggle.com fails instead of leaving.
+    Network calls time out after 5 s and are not retried unless a test sets COMPKIT_NET_* itself.
     """
     for name in list(os.environ):
         if name.startswith("KAGGLE_") or name in CLEARED_VARIABLES:
@@ -62,6 +66,8 @@ def point_client_at(monkeypatch, fake: FakeKaggle, home: Path) -> None:
     monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
     for name in PROXY_VARIABLES:
         monkeypatch.setenv(name, fake.address)
+    monkeypatch.setenv("COMPKIT_NET_TIMEOUT", "5")
+    monkeypatch.setenv("COMPKIT_NET_RETRIES", "0")
 
 
 @dataclass
@@ -74,9 +80,14 @@ class FakeKaggle:
     competitions: dict[str, dict[str, bytes]] = field(default_factory=dict)  # slug -> name -> bytes
     datasets: dict[str, dict[str, bytes]] = field(default_factory=dict)  # "owner/slug" -> name -> bytes
     urls: dict[str, bytes] = field(default_factory=dict)  # path such as "/files/x.zip" -> bytes
-    errors: dict[str, int] = field(default_factory=dict)  # slug or "owner/slug" -> 403 / 404
+    errors: dict[str, int] = field(default_factory=dict)  # slug or "owner/slug" -> 400 / 403 / 404
+    # What misbehaves, and how: an RPC method name ("DownloadDataFiles", "CreateSubmission", ...), "download"
+    # (a file's bytes, from a redirect or in urls: half of them go out first) or "upload" (the PUT, after its
+    # body arrived) -> "stall" (accept, never answer) or "reset" (drop the connection). Requests are recorded.
+    faults: dict[str, str] = field(default_factory=dict)
     truncated_urls: set[str] = field(default_factory=set)  # paths answered with fewer bytes than promised
     fail_upload: bool = False
+    create_message: str = "Successfully submitted to the competition"  # what CreateSubmission answers
     submissions: list[dict] = field(default_factory=list)  # answered by ListSubmissions
     uploads: dict[str, bytes] = field(default_factory=dict)  # upload token -> bytes received by PUT
     created: list[dict] = field(default_factory=list)  # CreateSubmission request bodies
@@ -84,6 +95,7 @@ class FakeKaggle:
     port: int = 0
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
+    _released: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> FakeKaggle:
         """Listen on a free loopback port in a daemon thread."""
@@ -103,6 +115,7 @@ class FakeKaggle:
 
     def stop(self) -> None:
         """Stop serving and release the port."""
+        self._released.set()  # stalled requests give up
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -172,6 +185,39 @@ class _Handler(BaseHTTPRequestHandler):
         # A query string like a signed storage URL's: the client must strip it from the file name.
         self._send(302, b"", "text/plain", {"Location": f"http://localhost{path}?signature=fake"})
 
+    def _misbehave(self, what: str, partial: bytes | None = None) -> bool:
+        """Stall or drop the connection if ``faults[what]`` says so (``partial``: promise it, send half first)."""
+        fault = self.kaggle.faults.get(what)
+        if fault is None:
+            return False
+        if partial is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/zip")
+            self.send_header("Content-Length", str(len(partial)))
+            self.end_headers()
+            self.wfile.write(partial[: len(partial) // 2])
+            self.wfile.flush()
+        if fault == "stall":
+            self.kaggle._released.wait(STALL_SECONDS)
+        # Closing with SO_LINGER 0 sends a reset, not an orderly end of the stream.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+        return True
+
+    def _echo_credentials(self) -> str:
+        # What a careless server does in a 400 body: repeat the credential it was sent, in every encoding.
+        header = self.headers.get("Authorization") or ""
+        scheme, _, value = header.partition(" ")
+        if scheme == "Basic":
+            secret, encoded = base64.b64decode(value).decode().partition(":")[2], value
+        else:
+            secret, encoded = value, base64.b64encode(value.encode()).decode()
+        return (
+            f"Bad request. Authorization: {header}; credential {secret}; base64 {encoded}; "
+            f"quoted {quote(secret)}; plus-quoted {quote_plus(secret)}; quoted base64 {quote(encoded, safe='')}"
+        )
+
     def _authorized(self) -> bool:
         basic = base64.b64encode(f"{self.kaggle.username}:{self.kaggle.key}".encode()).decode()
         accepted = {f"Basic {basic}"} | (
@@ -188,6 +234,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._serve_download(path)
         if path in self.kaggle.urls:
             content = self.kaggle.urls[path]
+            if self._misbehave("download", partial=content):
+                return None
             if path in self.kaggle.truncated_urls:
                 return self._send_truncated(content)
             return self._send(200, content, "application/octet-stream")
@@ -198,6 +246,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         self.kaggle.requests.append(("PUT", path, {}))
         token = path.rsplit("/", 1)[-1]
+        if self._misbehave("upload"):
+            return None
         if not path.startswith("/upload/") or self.kaggle.fail_upload:
             return self._error(500, "upload failed")
         self.kaggle.uploads[token] = body
@@ -211,6 +261,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not path.startswith(API):
             return self._error(404, f"unknown path {path}")
         method = path[len(API) :]
+        if self._misbehave(method.rsplit("/", 1)[-1]):
+            return None
         if method == INTROSPECT:  # asks whether the token in the body is valid; needs no login itself
             return self._introspect_token(body)
         if not self._authorized():
@@ -235,6 +287,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _competition(self, name: str) -> dict[str, bytes] | None:
         status = self.kaggle.errors.get(name)
+        if status == 400:
+            self._error(400, self._echo_credentials())
+            return None
         if status == 403:
             self._error(
                 403, "You must accept this competition's rules before you'll be able to download files."
@@ -262,6 +317,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _download_dataset(self, body: dict) -> None:
         ref = f"{body.get('ownerSlug', '')}/{body.get('datasetSlug', '')}"
         status = self.kaggle.errors.get(ref)
+        if status == 400:
+            return self._error(400, self._echo_credentials())
         if status is not None or ref not in self.kaggle.datasets:
             return self._error(status or 404, "Permission denied" if status == 403 else "Not found")
         self._redirect(f"/download/datasets/{ref}.zip")
@@ -277,7 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.kaggle.created.append(body)
         ref = 1000 + len(self.kaggle.created)
-        self._json({"message": "Successfully submitted to the competition", "ref": ref})
+        self._json({"message": self.kaggle.create_message, "ref": ref})
 
     def _list_submissions(self, body: dict) -> None:
         if self._competition(body.get("competitionName", "")) is not None:
@@ -297,7 +354,9 @@ class _Handler(BaseHTTPRequestHandler):
             files = self.kaggle.datasets.get(f"{parts[1]}/{parts[2]}")
         if files is None:
             return self._error(404, f"no such download: {path}")
-        self._send(200, zip_bytes(files), "application/zip")
+        content = zip_bytes(files)
+        if not self._misbehave("download", partial=content):
+            self._send(200, content, "application/zip")
 
     def _send_truncated(self, content: bytes) -> None:
         # Promise every byte, send half, hang up: what a dropped connection looks like to the client.

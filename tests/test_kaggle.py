@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
 
@@ -394,3 +397,212 @@ def test_download_force_reaches_the_helpers_a_plugin_calls(fake, tmp_path):
     pipeline.download("digits", where, force=True)
     assert fake.count("DownloadDataFiles") == 2
     assert (tmp_path / "data" / "digits" / "train.csv").read_bytes() == b"label,pixel0\n2,0\n"
+
+
+# ---- a server that stalls or drops the connection ----
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    """Half a second without an answer is a timeout; idempotent calls are tried 3 times."""
+    monkeypatch.setenv("COMPKIT_NET_TIMEOUT", "0.5")
+    monkeypatch.setenv("COMPKIT_NET_RETRIES", "2")
+
+
+def timed(call) -> tuple[str, float]:
+    """The CompkitError message ``call`` raises, and the seconds it took."""
+    start = time.monotonic()
+    with pytest.raises(CompkitError) as caught:
+        call()
+    return str(caught.value), time.monotonic() - start
+
+
+IDEMPOTENT_CALLS = {
+    "DownloadDataFiles": lambda root: kaggle.competition_files(SLUG, root),
+    "DownloadDataFile": lambda root: kaggle.competition_file(SLUG, "train.csv", root),
+    "DownloadDataset": lambda root: kaggle.dataset("owner/hotdog", root),
+    "ListSubmissions": lambda root: kaggle.submissions(SLUG),
+}
+
+
+@pytest.mark.parametrize("method", sorted(IDEMPOTENT_CALLS))
+def test_a_stalled_api_call_gives_up_soon_after_bounded_retries(fake, root, quick, monkeypatch, method):
+    monkeypatch.setenv("COMPKIT_NET_RETRIES", "1")
+    fake.faults[method] = "stall"
+    message, seconds = timed(lambda: IDEMPOTENT_CALLS[method](root))
+    assert seconds < 6
+    assert fake.count(method) == 2  # the first try and one retry, no more
+    assert "no answer within 0.5 s" in message and "tried 2 times" in message
+    assert "COMPKIT_NET_TIMEOUT" in message and "run again" in message
+    assert "\n" not in message
+    assert tree(root) == {}
+
+
+def test_a_reset_connection_is_retried_then_named(fake, root, quick, capsys):
+    fake.faults["DownloadDataFiles"] = "reset"
+    message, _ = timed(lambda: kaggle.competition_files(SLUG, root))
+    assert fake.count("DownloadDataFiles") == 3
+    assert "Could not reach Kaggle while downloading competition 'toy-competition'" in message
+    assert "ConnectionResetError" in message and "compkit download NAME --demo" in message
+    assert capsys.readouterr().err.count("trying again in") == 2  # each retry is announced
+
+
+def test_a_transfer_stalled_mid_file_gives_up_and_the_next_run_starts_clean(fake, root, quick, monkeypatch):
+    monkeypatch.setenv("COMPKIT_NET_RETRIES", "1")
+    fake.faults["download"] = "stall"
+    message, seconds = timed(lambda: kaggle.competition_files(SLUG, root))
+    assert seconds < 6
+    assert sum(method == "GET" for method, _, _ in fake.requests) == 2
+    assert "no answer within 0.5 s" in message and "tried 2 times" in message
+    assert tree(root) == {} and not marker(root, f"competition-{SLUG}").exists()
+    fake.faults.clear()  # Kaggle answers again
+    kaggle.competition_files(SLUG, root)
+    assert tree(root) == COMPETITION
+    assert marker(root, f"competition-{SLUG}").exists()
+    assert not (root / kaggle.STATE_FOLDER / "partial").exists()  # no half file left behind
+
+
+def test_a_stalled_plain_url_gives_up_and_leaves_no_part_file(fake, root, quick):
+    address = served(fake, "big.bin", bytes(range(256)) * 64)
+    fake.faults["download"] = "stall"
+    message, seconds = timed(lambda: kaggle.url(address, root))
+    assert seconds < 8
+    assert fake.count("/files/big.bin") == 3
+    assert "could not download" in message and "no answer within 0.5 s" in message
+    assert not list(root.rglob("big.bin*"))
+    fake.faults.clear()
+    assert kaggle.url(address, root).read_bytes() == bytes(range(256)) * 64
+
+
+@pytest.mark.parametrize("method", ["StartSubmissionUpload", "CreateSubmission"])
+def test_the_calls_that_submit_are_never_retried(fake, tmp_path, quick, method):
+    fake.faults[method] = "stall"
+    submission = tmp_path / "submission.csv"
+    submission.write_text("id,label\n1,cat\n")
+    message, seconds = timed(lambda: kaggle.submit(SLUG, submission, "once"))
+    assert seconds < 4
+    assert fake.count("StartSubmissionUpload") == 1
+    assert fake.count("CreateSubmission") == (method == "CreateSubmission")
+    assert "no answer within 0.5 s" in message
+    if method == "CreateSubmission":  # it may have gone through: say how to check instead of "run again"
+        assert "may have received it" in message and f"kaggle competitions submissions {SLUG}" in message
+    else:
+        assert f"Could not reach Kaggle while submitting {submission} to '{SLUG}'" in message
+
+
+@pytest.mark.parametrize("fault", ["stall", "reset"])
+def test_a_failing_upload_is_retried_a_bounded_number_of_times(fake, tmp_path, quick, fault):
+    fake.faults["upload"] = fault
+    submission = tmp_path / "submission.csv"
+    submission.write_text("id,label\n1,cat\n")
+    message, seconds = timed(lambda: kaggle.submit(SLUG, submission, "x"))
+    assert seconds < 8
+    assert sum(method == "PUT" for method, _, _ in fake.requests) == 3
+    assert fake.created == [] and fake.count("CreateSubmission") == 0
+    assert f"uploading {submission} to Kaggle failed" in message and "Nothing was submitted" in message
+    assert ("no answer within 0.5 s" if fault == "stall" else "ConnectionResetError") in message
+    fake.faults.clear()
+    assert kaggle.submit(SLUG, submission, "x")["ref"] == 1001
+    assert len(fake.created) == 1
+
+
+def test_cli_download_gives_up_in_one_line_then_works_when_kaggle_answers(fake, tmp_path, quick):
+    from click.testing import CliRunner
+
+    from compkit.cli import cli
+
+    fake.competitions["digit-recognizer"] = {"train.csv": b"label,pixel0\n1,0\n"}
+    fake.faults["DownloadDataFiles"] = "stall"
+    arguments = ["download", "digits", "--data-dir", str(tmp_path / "data")]
+    start = time.monotonic()
+    result = CliRunner().invoke(cli, arguments)
+    assert time.monotonic() - start < 8
+    assert result.exit_code == 1
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert "downloading competition 'digit-recognizer'" in error and "no answer within 0.5 s" in error
+    fake.faults.clear()
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "digits" / "train.csv").exists()
+    assert not (tmp_path / "data" / "digits" / kaggle.STATE_FOLDER / "partial").exists()
+
+
+@pytest.mark.parametrize("name, value", [("COMPKIT_NET_TIMEOUT", "soon"), ("COMPKIT_NET_RETRIES", "1.5")])
+def test_network_settings_must_be_numbers(fake, root, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(CompkitError, match=name):
+        kaggle.competition_files(SLUG, root)
+    assert fake.requests == []
+
+
+# ---- credentials a server repeats back ----
+
+ODD_KEY = "k3y/with+odd=chars&more?0123456789"
+
+
+def every_form(username: str, secret: str) -> set[str]:
+    """The credential as the server may repeat it: raw, base64 (of user:key and alone), URL-quoted."""
+    texts = [secret]
+    for plain in (f"{username}:{secret}", secret):
+        encoded = base64.b64encode(plain.encode()).decode()
+        texts += [encoded, encoded.rstrip("=")]
+    return {form for text in texts for form in (text, quote(text), quote(text, safe=""), quote_plus(text))}
+
+
+def test_redact_removes_every_form_of_the_key(fake, monkeypatch):
+    monkeypatch.setenv("KAGGLE_KEY", ODD_KEY)
+    forms = every_form(fake.username, ODD_KEY)
+    assert len(forms) >= 8  # the key's odd characters make the quoted forms differ
+    text = kaggle._redact(" | ".join(sorted(forms)))
+    assert not [form for form in forms if form in text]
+    assert text.count("***") >= len(forms) - 2
+
+
+@pytest.mark.parametrize("credential", ["key", "access token"])
+def test_credentials_echoed_in_a_400_never_reach_the_cli_output(fake, tmp_path, monkeypatch, credential):
+    from click.testing import CliRunner
+
+    from compkit.cli import cli
+
+    if credential == "key":
+        fake.key = ODD_KEY
+        monkeypatch.setenv("KAGGLE_KEY", ODD_KEY)
+        forms = every_form(fake.username, ODD_KEY)
+    else:
+        monkeypatch.delenv("KAGGLE_USERNAME")
+        monkeypatch.delenv("KAGGLE_KEY")
+        fake.access_token = "t0ken/" + ODD_KEY
+        monkeypatch.setenv("KAGGLE_API_TOKEN", fake.access_token)
+        forms = every_form(fake.username, fake.access_token)
+    fake.competitions["digit-recognizer"] = {"train.csv": b"label\n1\n"}
+    fake.errors["digit-recognizer"] = 400
+    result = CliRunner().invoke(cli, ["download", "digits", "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 1
+    assert fake.count("DownloadDataFiles") == 1  # the server really answered with the echo
+    output = result.stdout + result.stderr
+    assert not [form for form in forms if form in output]
+    assert "Kaggle answered 400 while downloading competition 'digit-recognizer'" in output
+    assert "Bad request. Authorization: " in output and "***" in output  # still says what happened
+
+
+def test_credentials_echoed_to_submit_are_redacted_everywhere(fake, tmp_path, monkeypatch, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    fake.key = ODD_KEY
+    monkeypatch.setenv("KAGGLE_KEY", ODD_KEY)
+    forms = every_form(fake.username, ODD_KEY)
+    submission = tmp_path / "submission.csv"
+    submission.write_text("id,label\n1,cat\n")
+    basic = base64.b64encode(f"{fake.username}:{ODD_KEY}".encode()).decode()
+    fake.create_message = f"Submitted with key {ODD_KEY}, basic {basic}, quoted {quote_plus(ODD_KEY)}"
+    result = kaggle.submit(SLUG, submission, "ok")  # its "submitted" line repeats the server's message
+    fake.errors[SLUG] = 400
+    with pytest.raises(CompkitError) as caught:
+        kaggle.submit(SLUG, submission, "echoed")
+    captured = capsys.readouterr()
+    everything = "\n".join([str(caught.value), result["message"], captured.out, captured.err, caplog.text])
+    assert not [form for form in forms if form in everything]
+    assert (
+        "Kaggle answered 400 while submitting" in str(caught.value)
+        and "Authorization: Basic ***" in everything
+    )
+    assert "Submitted with key ***" in captured.err
