@@ -480,7 +480,10 @@ def _require_credentials() -> None:
 
 
 def _no_credentials_message() -> str:
-    path = _config_dir() / "kaggle.json"
+    # ~/.kaggle/kaggle.json works everywhere (the client prefers ~/.kaggle once it exists, as the
+    # README says); only KAGGLE_CONFIG_DIR moves it
+    explicit = os.environ.get("KAGGLE_CONFIG_DIR")
+    path = Path(explicit) / "kaggle.json" if explicit else Path("~/.kaggle/kaggle.json")
     return (
         f"No Kaggle credentials found. Create an API token at {TOKEN_PAGE}, then either save the "
         f"downloaded kaggle.json as {path} and run `chmod 600 {path}`, or set the environment variables "

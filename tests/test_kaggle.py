@@ -19,6 +19,7 @@ from compkit import kaggle
 from compkit.errors import CompkitError
 from tests.fake_kaggle import FakeKaggle, point_client_at, zip_bytes
 
+README = (Path(__file__).parents[1] / "README.md").read_text()
 SLUG = "toy-competition"
 COMPETITION = {
     "train.csv": b"id,label\n1,cat\n2,dog\n",
@@ -192,6 +193,11 @@ def test_no_credentials_says_where_to_put_them(fake, root, monkeypatch):
     assert "kaggle-config/kaggle.json" in message and "chmod 600" in message
     assert "KAGGLE_USERNAME" in message and "KAGGLE_KEY" in message
     assert fake.requests == []
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR")  # then the README's place, ~/.kaggle, not ~/.config/kaggle
+    with pytest.raises(CompkitError, match=r"save the downloaded kaggle.json as ~/\.kaggle/kaggle\.json and run "
+                                           r"`chmod 600 ~/\.kaggle/kaggle\.json`"):
+        kaggle.competition_files(SLUG, root)
+    assert "~/.kaggle/kaggle.json" in README
 
 
 def test_kaggle_json_in_the_config_dir_is_enough(fake, root, monkeypatch, tmp_path):
