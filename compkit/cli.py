@@ -209,6 +209,40 @@ def submit(name: str, run: str | None, fold_spec: str, tta: str | None, device: 
     click.echo(f"wrote {path}")
 
 
+@cli.command(name="runs")
+@click.argument("name")
+@click.option("--diff", nargs=2, metavar="RUN_A RUN_B", help="Show the config keys two runs differ in.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON, for scripts.")
+@runs_option
+@submissions_option
+def runs_command(name: str, diff: tuple[str, str] | None, as_json: bool, runs_dir: str | None,
+                 submissions_dir: str | None) -> None:
+    """One row per run, oldest first: model, size, epochs, fold scores, OOF CV, full-data model,
+    submissions and their best public leaderboard score.
+
+    \b
+    Example:
+      compkit runs siim
+      compkit runs siim --json
+      compkit runs siim --diff 20261122-140000 20261123-090000
+    """
+    import json
+
+    from compkit import pipeline, runs
+
+    where = places(runs_dir=runs_dir, submissions_dir=submissions_dir)
+    if diff:
+        differences = runs.config_diff(where.runs / name, *diff)
+        if as_json:
+            click.echo(json.dumps({"a": diff[0], "b": diff[1], "differences": [
+                {"key": key, "a": a, "b": b} for key, a, b in differences]}, indent=2))
+        else:
+            click.echo("\n".join(runs.diff_lines(*diff, differences)))
+        return
+    rows = runs.run_rows(pipeline.competition(name), where.runs / name, where.submission_dir(name))
+    click.echo(json.dumps(rows, indent=2) if as_json else "\n".join(runs.table_lines(rows)))
+
+
 @cli.command()
 @click.argument("name")
 @click.option("--image-size", "size", type=int, default=32, show_default=True, help="Side of the downscaled pixels.")

@@ -111,4 +111,5 @@ def resolve_run(runs_root: Path, run: str | None) -> str:
 def list_runs(runs_root: Path) -> list[str]:
     if not runs_root.is_dir():
         return []
-    return sorted(p.name for p in runs_root.iterdir() if p.is_dir() and not p.is_symlink())
+    return sorted(p.name for p in runs_root.iterdir()
+                  if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))  # .locks is no run
