@@ -315,6 +315,22 @@ def weights_pull(models: tuple[str, ...], folder: str) -> None:
         click.echo(f"wrote {pull_weights(model, Path(folder))}")
 
 
+@cli.command(name="submissions")
+@click.argument("name")
+@submissions_option
+def submissions_command(name: str, submissions_dir: str | None) -> None:
+    """The competition's submissions on Kaggle (status, public and private score) beside the run and CV of the
+    local file that was uploaded; the scores are saved into that file's sidecar (compkit runs shows them).
+
+    \b
+    Example:
+      compkit submissions plant-pathology
+    """
+    from compkit import pipeline
+
+    pipeline.kaggle_submissions(name, places(submissions_dir=submissions_dir))
+
+
 @cli.command(name="competitions")
 def competitions_command() -> None:
     """List every installed competition: title, task, metric, Kaggle slug, demo and shipped recipes.

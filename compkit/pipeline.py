@@ -571,6 +571,46 @@ def _check_upload(comp: Competition, root: Path) -> None:
     kaggle.check_credentials()
 
 
+def kaggle_submissions(name: str, where: Places) -> list[dict[str, Any]]:
+    """The competition's submissions on Kaggle, newest first, each matched to the local sidecar of the file
+    that was uploaded (by the upload's ref, else by file name) so CV and leaderboard stand side by side;
+    the scores are saved back into the matched sidecars (``leaderboard``). Prints a table."""
+    from compkit import kaggle
+    from compkit.runs import read_sidecars
+
+    comp = competition(name)
+    if not comp.kaggle:
+        raise CompkitError(f"{name} is not a Kaggle competition: it has no leaderboard")
+    folder = where.submission_dir(name)
+    sidecars = read_sidecars(folder)
+    by_ref = {str(s["upload"]["ref"]): s for s in sidecars if isinstance(s.get("upload"), dict) and s["upload"].get("ref")}
+    by_file = {f"{s['stamp']}.csv": s for s in sidecars}
+    rows = []
+    for entry in kaggle.submissions(comp.kaggle):
+        local = by_ref.get(str(entry.get("ref"))) or by_file.get(str(entry.get("fileName")))
+        rows.append({**entry, "run": local.get("run") if local else None, "cv": local.get("cv_score") if local else None,
+                     "stamp": local["stamp"] if local else None})
+        if local is not None:
+            board = {"ref": entry.get("ref"), "status": entry.get("status"), "public": entry.get("publicScore"),
+                     "private": entry.get("privateScore"), "date": entry.get("date")}
+            saved = {key: value for key, value in local.items() if key != "stamp"}
+            if saved.get("leaderboard") != board:
+                _io.write_text(folder / f"{local['stamp']}.json",
+                               json.dumps({**saved, "leaderboard": board}, indent=2, default=str) + "\n")
+    header = ("date", "file", "status", "public", "private", "run", f"cv {comp.metric}", "description")
+    cells = [header] + [(str(row.get("date") or "-")[:16].replace("T", " "), str(row.get("fileName") or "-"),
+                         str(row.get("status") or "-"), str(row.get("publicScore") or "-"),
+                         str(row.get("privateScore") or "-"), row["run"] or "-",
+                         "-" if row["cv"] is None else f"{row['cv']:.5f}", str(row.get("description") or ""))
+                        for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header) - 1)]
+    for line in cells:
+        echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
+    if not rows:
+        echo(f"no submissions to {comp.kaggle} yet: compkit submit {name} --upload")
+    return rows
+
+
 # -- plugins ----------------------------------------------------------------------------------
 
 

@@ -217,6 +217,28 @@ def test_upload_goes_through_the_kaggle_client(work, monkeypatch, tmp_path):
     assert f"uploading {written}" in result.output and f"uploaded {written.name}: Successfully submitted" in result.output
     assert "Successfully" in json.loads(written.with_suffix(".json").read_text())["upload"]["message"]
 
+    # compkit submissions: Kaggle's list, matched to the uploaded file's sidecar, scores saved back
+    ref = json.loads(written.with_suffix(".json").read_text())["upload"]["ref"]
+    fake.submissions = [
+        {"ref": ref, "fileName": "renamed-by-kaggle.csv", "date": "2026-12-02T01:00:00.000Z", "status": "COMPLETE",
+         "publicScore": "0.97100", "description": "demo"},
+        {"ref": 99, "fileName": "from-a-notebook.csv", "date": "2026-12-01T01:00:00.000Z", "status": "ERROR"},
+    ]
+    fake.start()
+    point_client_at(monkeypatch, fake, tmp_path)  # the new port
+    try:
+        listed = invoke("submissions", "digits", env=env)
+    finally:
+        fake.stop()
+    assert listed.exit_code == 0, listed.output
+    first, second = listed.output.splitlines()[1:3]
+    cv = json.loads(written.with_suffix(".json").read_text())["cv_score"]
+    assert "COMPLETE" in first and "0.97100" in first and " one " in first and f"{cv:.5f}" in first
+    assert "ERROR" in second and " one " not in second
+    assert json.loads(written.with_suffix(".json").read_text())["leaderboard"]["public"] == "0.97100"
+    table = json.loads(invoke("runs", "digits", "--json", env=env).output)
+    assert next(row for row in table if row["run"] == "one")["best_public"] == 0.971
+
 
 @pytest.mark.slow
 def test_torchrun_trains_with_two_processes(work, tmp_path):
