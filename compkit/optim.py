@@ -39,7 +39,13 @@ def _is_decayed(parameter: nn.Parameter, config: Any) -> bool:
 
 
 def parameter_groups(model: nn.Module, config: Any) -> list[dict[str, Any]]:
-    """Up to four groups: (body, head) x (decayed, not decayed); empty groups are dropped."""
+    """Up to four groups: (body, head) x (decayed, not decayed); empty groups are dropped.
+
+    With ``layer_decay`` < 1 (timm models), timm's layer-wise groups instead: each layer learns at
+    ``lr * layer_decay ** (depth from the top)``.
+    """
+    if 0 < config.layer_decay < 1:
+        return _layer_decay_groups(model, config)
     head_ids = set()
     if config.head_lr_multiplier != 1.0:
         head = head_parameters(model)
@@ -62,6 +68,21 @@ def parameter_groups(model: nn.Module, config: Any) -> list[dict[str, Any]]:
         }
         for (is_head, decayed), parameters in sorted(groups.items())
     ]
+
+
+def _layer_decay_groups(model: nn.Module, config: Any) -> list[dict[str, Any]]:
+    from timm.optim import param_groups_layer_decay
+
+    if not callable(getattr(model, "group_matcher", None)):
+        raise CompkitError(f"layer_decay={config.layer_decay} needs a timm model (one with group_matcher); "
+                           f"{type(model).__name__} has none: set layer_decay = 0")
+    if config.head_lr_multiplier != 1.0:
+        raise CompkitError("layer_decay and head_lr_multiplier both set the head's lr: use one of them")
+    groups = param_groups_layer_decay(model, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
+                                      weight_decay_exclude_1d=not config.decay_1d)
+    # timm's own schedulers read lr_scale; compkit's read each group's lr
+    return [{"params": group["params"], "weight_decay": group["weight_decay"],
+             "lr": config.lr * group.get("lr_scale", 1.0)} for group in groups if group["params"]]
 
 
 def build_optimizer(model: nn.Module, config: Any) -> torch.optim.Optimizer:

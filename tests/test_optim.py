@@ -198,3 +198,19 @@ def test_a_plugin_registers_an_optimizer_through_the_hook():
     made = registry.optimizer("sgd-plain")(optim.parameter_groups(small_model(), Config(lr=0.5)), Config(lr=0.5))
     assert isinstance(made, torch.optim.SGD) and made.defaults["momentum"] == 0
     assert manager.plugins["lion"].optimizers == ["sgd-plain"] and "rmsprop" in registry.optimizers
+
+
+def test_layer_decay_gives_timm_layers_geometric_lrs_from_the_head_down():
+    import timm
+
+    model = timm.create_model("resnet10t", num_classes=10)
+    config = Config(lr=1.0, layer_decay=0.5, weight_decay=0.01)
+    optimizer = optim.build_optimizer(model, config)
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(lr_of) == len(list(model.parameters()))  # every parameter once
+    assert lr_of[id(model.fc.weight)] == 1.0  # the head at the full lr
+    assert lr_of[id(model.conv1[0].weight)] == 0.5 ** 5  # the stem five layers down
+    assert lr_of[id(model.layer4[0].conv1.weight)] > lr_of[id(model.layer1[0].conv1.weight)]
+    assert {group["weight_decay"] for group in optimizer.param_groups} == {0.0, 0.01}
+    with pytest.raises(CompkitError, match="needs a timm model"):
+        optim.build_optimizer(small_model(), config)
