@@ -100,7 +100,17 @@ def make_engine(comp: Competition, config: Config, model: Any, loss: Any = None,
         accumulate=config.accumulate, clip_grad=config.clip_grad, ema=config.ema,
         precise_bn=config.precise_bn, seed=config.seed, quiet=quiet,
         batch_transform=mixing(comp, config) if optimizer is not None else None,
+        frozen=body_parameters(model) if config.freeze_epochs else (), freeze_epochs=config.freeze_epochs,
     )
+
+
+def body_parameters(model: Any) -> list[Any]:
+    """Every parameter outside the classifier head (``optim.head_parameters``)."""
+    head = {id(parameter) for parameter in optim.head_parameters(model)}
+    if not head:
+        raise CompkitError(f"freeze_epochs needs a model with a head to keep training; {type(model).__name__} has "
+                           "none (no get_classifier(), segmentation_head or nn.Linear): set freeze_epochs = 0")
+    return [parameter for parameter in model.parameters() if id(parameter) not in head]
 
 
 def mixing(comp: Competition, config: Config) -> Callable[[Any, Any, int], tuple[Any, Any]] | None:

@@ -24,7 +24,7 @@ CHOICES = {"amp": AMP_MODES, "scheduler": SCHEDULERS, "tta": TTA_MODES}  # optim
 MAX_WORKERS = 256
 RANGES = {
     "image_size": (1, None, True), "epochs": (1, None, True), "batch_size": (1, None, True),
-    "lr": (0.0, None, False), "head_lr_multiplier": (0.0, None, False), "layer_decay": (0.0, 1.0, True), "weight_decay": (0.0, None, True),
+    "lr": (0.0, None, False), "head_lr_multiplier": (0.0, None, False), "layer_decay": (0.0, 1.0, True), "freeze_epochs": (0, None, True), "weight_decay": (0.0, None, True),
     "momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, True), "eps": (0.0, None, False), "warmup_epochs": (0.0, None, True), "step_size": (1, None, True),
     "gamma": (0.0, 1.0, False), "accumulate": (1, None, True), "clip_grad": (0.0, None, True),
     "ema": (0.0, 1.0, True), "precise_bn": (0, None, True), "patience": (0, None, True),
@@ -47,6 +47,7 @@ class Config:
     lr: float = 1e-3  # the body's learning rate
     head_lr_multiplier: float = 1.0  # the classifier head trains at lr * this (10 for fine-tunes)
     layer_decay: float = 0.0  # timm models: layer-wise lr decay, lr * this ** depth from the top; 0 is off
+    freeze_epochs: int = 0  # the body stays frozen (only the head trains) for this many epochs, then unfreezes
     optimizer: str = "adamw"  # registered optimizer: adam | adamw | sgd | rmsprop, or a plugin's
     weight_decay: float = 1e-4  # decoupled (adamw) or L2; on norms and biases only with decay_1d
     decay_1d: bool = False  # decay biases and norm scales too (the ISBI recipe decays everything)

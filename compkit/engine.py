@@ -93,7 +93,8 @@ class Engine:
     validation, recompute BatchNorm's running statistics as a plain average over this many training
     batches with the epoch's final weights (0 = off: keep training's running averages).
     ``batch_transform(images, targets, epoch)``: applied to every training batch on the device (mixup,
-    cutmix); it returns the new pair. ``quiet`` hides the progress bars and notes; the line per epoch and the final best line always print (on
+    cutmix); it returns the new pair. ``frozen`` parameters (a fine-tune's body) do not change during
+    the first ``freeze_epochs`` epochs (BatchNorm statistics still follow the data). ``quiet`` hides the progress bars and notes; the line per epoch and the final best line always print (on
     the main process). Under torchrun the process group is set up here; use the Engine as a context
     manager (or call ``close()``) to leave it cleanly.
     """
@@ -117,6 +118,8 @@ class Engine:
         seed: int = 42,
         quiet: bool = False,
         batch_transform: Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, ...]] | None = None,
+        frozen: Sequence[nn.Parameter] = (),
+        freeze_epochs: int = 0,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise CompkitError(f"unknown activation {activation!r}; available: softmax, sigmoid, None")
@@ -131,6 +134,7 @@ class Engine:
         self.accumulate, self.clip_grad, self.seed = max(1, accumulate), clip_grad, seed
         self.precise_bn = max(0, precise_bn)
         self.batch_transform = batch_transform
+        self.frozen, self.freeze_epochs = list(frozen), freeze_epochs
         self.amp_dtype = self._amp_dtype(amp)
         # float16 overflows above 65504, so its gradients need scaling; bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -434,6 +438,10 @@ class Engine:
 
     def _optimizer_step(self, epoch: int, index: int) -> bool:
         """Clip, step and zero the gradients; False when fp16's scaler skipped the step."""
+        if epoch <= self.freeze_epochs:
+            # frozen: without a gradient the optimizer leaves a parameter, its moments and its decay alone
+            for parameter in self.frozen:
+                parameter.grad = None
         if self.scaler is None:
             self._clip_gradients()
             self.optimizer.step()
