@@ -46,7 +46,7 @@ def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask:
             after_epoch(epoch)
         notify(comp, fold, epoch, metrics)
 
-    with make_engine(comp, config, model, reg.loss(config.loss), optimizer, schedule, quiet=quiet) as trainer:
+    with make_engine(comp, config, model, reg.loss(config.loss, config=config, competition=comp), optimizer, schedule, quiet=quiet) as trainer:
         if init_from is not None and not (resume and (out_dir / "last.pt").is_file()):
             try:
                 trainer.load(init_from)

@@ -28,7 +28,9 @@ def register_models(register: Callable[[str, Callable[..., Any]], None]) -> None
 
 @hookspec
 def register_losses(register: Callable[[str, Callable[[], Any]], None]) -> None:
-    """At start-up: ``register("name", factory)``; ``factory()`` returns a loss nn.Module."""
+    """At start-up: ``register("name", factory)``; ``factory()`` returns a loss nn.Module. A factory that names
+    ``config`` and/or ``competition`` parameters gets the run's Config and Competition (class weights, an
+    ignore index...)."""
 
 
 @hookspec

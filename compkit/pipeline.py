@@ -198,7 +198,7 @@ def lr_find(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | 
         def inputs_labels_from_batch(self, batch: dict[str, Any]) -> tuple[Any, Any]:
             return batch["image"], batch["target"]
 
-    finder = LRFinder(model, optim.build_optimizer(model, config), reg.loss(config.loss), device=device)
+    finder = LRFinder(model, optim.build_optimizer(model, config), reg.loss(config.loss, config=config, competition=comp), device=device)
     figure, axis = plt.subplots(figsize=(7, 4))
     with contextlib.redirect_stdout(io.StringIO()):  # it prints its own lines about what to call next
         finder.range_test(Batches(loader), start_lr=start, end_lr=end, num_iter=iterations)

@@ -108,13 +108,22 @@ class Registry:
             raise CompkitError(f"unknown model family {family!r} in {name!r}; available: {families}")
         return self.models[family](variant or None, num_classes, in_channels=in_channels, pretrained=pretrained)
 
-    def loss(self, name: str) -> torch.nn.Module:
-        """Build the registered loss ``name``."""
+    def loss(self, name: str, *, config: Any = None, competition: Competition | None = None) -> torch.nn.Module:
+        """Build the registered loss ``name``. A factory may take ``config`` and ``competition`` keyword
+        arguments (class weights, ignore index, anchors...): it gets those it names, as pluggy hooks do."""
+        import inspect
+
         if name in self.clashes["loss"]:
             raise CompkitError(self.clashes["loss"][name])
         if name not in self.losses:
             raise CompkitError(f"unknown loss {name!r}; available: {', '.join(sorted(self.losses))}")
-        return self.losses[name]()
+        factory = self.losses[name]
+        offered = {"config": config, "competition": competition}
+        try:
+            accepted = inspect.signature(factory).parameters
+        except (TypeError, ValueError):  # a builtin or C factory: no signature to read
+            accepted = {}
+        return factory(**{key: value for key, value in offered.items() if key in accepted})
 
     def optimizer(self, name: str) -> Callable[..., Any]:
         """The registered optimizer factory ``name``: ``factory(param_groups, config)``."""

@@ -89,7 +89,7 @@ class CompetitionContract:
         dataset = competition.dataset(competition.train_table(root).head(2), root, "train", config)
         batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
         logits = model(batch["image"])
-        loss = reg.loss(config.loss)(logits, batch["target"])
+        loss = reg.loss(config.loss, config=config, competition=competition)(logits, batch["target"])
         loss.backward()
         assert torch.isfinite(loss)
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

@@ -140,3 +140,24 @@ def test_pulled_weights_are_found_offline_for_timm_and_smp(tmp_path, monkeypatch
     assert torch.equal(unet.encoder.state_dict()["layer4.1.conv2.weight"], encoder["layer4.1.conv2.weight"])
     assert unet.encoder.conv1.weight.shape[1] == 1  # the first conv adapted to one channel, as smp does
     assert torch.allclose(unet.encoder.conv1.weight[:, 0], encoder["conv1.weight"].sum(1))
+
+
+def test_a_loss_factory_gets_the_config_and_competition_it_asks_for():
+    from compkit import registry
+    from compkit.config import Config
+
+    reg = registry.get()
+    comp = reg.competition("digits")
+    seen = {}
+
+    def weighted(config, competition):
+        seen["args"] = (config.lr, competition.name)
+        return torch.nn.CrossEntropyLoss(weight=torch.ones(competition.num_classes))
+
+    reg.losses["weighted-test"] = weighted
+    try:
+        loss = reg.loss("weighted-test", config=Config(lr=0.25), competition=comp)
+    finally:
+        del reg.losses["weighted-test"]
+    assert seen["args"] == (0.25, "digits") and loss.weight.shape == (10,)
+    assert isinstance(reg.loss("ce", config=Config(), competition=comp), torch.nn.CrossEntropyLoss)  # factory()
