@@ -19,7 +19,8 @@ from compkit.errors import CompkitError
 AMP_MODES = ("bf16", "fp16", "off")
 SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "none")
 TTA_MODES = ("none", "hflip", "vflip", "flips", "d4")
-CHOICES = {"amp": AMP_MODES, "scheduler": SCHEDULERS, "tta": TTA_MODES}  # optimizers: a registry
+CHOICES = {"amp": AMP_MODES, "scheduler": SCHEDULERS, "tta": TTA_MODES,
+           "checkpoint": ("metric", "train_loss", "last")}  # optimizers: a registry
 # The values a key may take: (lowest, highest, whether the lowest itself is allowed); None is unbounded.
 MAX_WORKERS = 256
 RANGES = {
@@ -67,6 +68,7 @@ class Config:
     ema: float = 0.0  # EMA decay of the weights (e.g. 0.999), 0 is off
     precise_bn: int = 0  # recompute BatchNorm statistics on this many train batches before validating, 0 is off
     patience: int = 0  # early stopping after this many epochs without improvement, 0 is off
+    checkpoint: str = "metric"  # which epoch best.pt keeps: metric | train_loss | last
     tta: str = "hflip"  # none | hflip | vflip | flips | d4
     n_folds: int = 5  # folds of a new split (an existing folds.csv decides)
     seed: int = 42  # the split, the initial weights and every augmentation

@@ -40,6 +40,7 @@ from compkit.optim import Schedule, optimizer_steps_per_epoch
 # Each epoch also reads them at its last batch, and one shorter than SYNC_EVERY at its half too, so
 # even a short epoch's bar shows the loss and speed.
 SYNC_EVERY = 20
+SELECTIONS = ("metric", "train_loss", "last")  # which epoch best.pt keeps
 # Validation loss above this many times the training loss for DIVERGED_EPOCHS epochs in a row gets
 # one note naming the usual causes.
 DIVERGED_RATIO = 10.0
@@ -94,7 +95,8 @@ class Engine:
     batches with the epoch's final weights (0 = off: keep training's running averages).
     ``batch_transform(images, targets, epoch)``: applied to every training batch on the device (mixup,
     cutmix); it returns the new pair. ``frozen`` parameters (a fine-tune's body) do not change during
-    the first ``freeze_epochs`` epochs (BatchNorm statistics still follow the data). ``quiet`` hides the progress bars and notes; the line per epoch and the final best line always print (on
+    the first ``freeze_epochs`` epochs (BatchNorm statistics still follow the data). ``select``: which
+    epoch best.pt keeps, "metric" (validation score), "train_loss" (lowest) or "last". ``quiet`` hides the progress bars and notes; the line per epoch and the final best line always print (on
     the main process). Under torchrun the process group is set up here; use the Engine as a context
     manager (or call ``close()``) to leave it cleanly.
     """
@@ -120,6 +122,7 @@ class Engine:
         batch_transform: Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, ...]] | None = None,
         frozen: Sequence[nn.Parameter] = (),
         freeze_epochs: int = 0,
+        select: str = "metric",
     ) -> None:
         if activation not in ACTIVATIONS:
             raise CompkitError(f"unknown activation {activation!r}; available: softmax, sigmoid, None")
@@ -135,6 +138,9 @@ class Engine:
         self.precise_bn = max(0, precise_bn)
         self.batch_transform = batch_transform
         self.frozen, self.freeze_epochs = list(frozen), freeze_epochs
+        if select not in SELECTIONS:
+            raise CompkitError(f"unknown checkpoint selection {select!r}; available: {', '.join(SELECTIONS)}")
+        self.select = select
         self.amp_dtype = self._amp_dtype(amp)
         # float16 overflows above 65504, so its gradients need scaling; bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -302,11 +308,7 @@ class Engine:
         else:
             valid = self._evaluate(valid_loader)
             value, valid_loss = self._score(valid, run)
-            # A saturated metric (AUC 1.0 on a small fold) would keep the earliest, underfit epoch:
-            # on a tie the lower validation loss wins.
-            improved = _improved(value, state.best_score, run.higher_is_better) or (
-                value == state.best_score and valid_loss < _best_loss(state)
-            )
+            improved = self._selected(value, valid_loss, train_loss, state, run)
         lr = self.optimizer.param_groups[0]["lr"]  # the lr this epoch used, before an epoch-wise step
         self.schedule.after_epoch(value)
         if improved:
@@ -330,6 +332,19 @@ class Engine:
             self._say(_summary_line(row, epochs, run.metric, improved, state.stopped_early, state.history))
             if run.on_epoch_end is not None:
                 run.on_epoch_end(epoch, dict(row))
+
+    def _selected(self, value: float, valid_loss: float, train_loss: float, state: FitState, run: _Run) -> bool:
+        """Whether this epoch becomes best.pt: by the validation metric, the training loss, or the last."""
+        if self.select == "last":
+            return True
+        if self.select == "train_loss":
+            best = [row["train_loss"] for row in state.history if row["epoch"] == state.best_epoch]
+            return not best or train_loss < best[0]
+        # A saturated metric (AUC 1.0 on a small fold) would keep the earliest, underfit epoch:
+        # on a tie the lower validation loss wins.
+        return _improved(value, state.best_score, run.higher_is_better) or (
+            value == state.best_score and valid_loss < _best_loss(state)
+        )
 
     def _recompute_batchnorm(self, loader: DataLoader) -> None:
         """Precise BatchNorm (Wu & Johnson, "Rethinking 'Batch' in BatchNorm"): running statistics

@@ -34,3 +34,33 @@ def test_the_body_stays_frozen_for_freeze_epochs_then_trains(tmp_path):
     assert torch.equal(after_1["0.weight"], start["0.weight"]) and torch.equal(after_1["0.bias"], start["0.bias"])
     assert not torch.equal(after_1["5.weight"], start["5.weight"])  # the head trained in epoch 1
     assert not torch.equal(after_2["0.weight"], after_1["0.weight"])  # and the body from epoch 2
+
+
+def test_the_checkpoint_selection_picks_the_metric_the_training_loss_or_the_last_epoch(tmp_path):
+    import pandas as pd
+    import pytest
+
+    from compkit.errors import CompkitError
+
+    def fit(select):
+        torch.manual_seed(0)
+        model = classifier()
+        config = Config(lr=0.3, epochs=5, scheduler="none")
+        optimizer = optim.build_optimizer(model, config)
+        loader = engine.make_loader(Samples(64), batch_size=16, train=True, num_workers=0)
+        valid = engine.make_loader(Samples(32, offset=1), batch_size=16, train=False, num_workers=0)
+        trainer = engine.Engine(model, torch.nn.CrossEntropyLoss(), optimizer, device="cpu", quiet=True, select=select)
+        scores = iter([0.5, 0.9, 0.6, 0.7, 0.8])  # the validation metric peaks at epoch 2
+        out = tmp_path / select
+        result = trainer.fit(loader, valid, epochs=5, score=lambda t, p: next(scores), out_dir=out)
+        return result, pd.read_csv(out / "metrics.csv"), torch.load(out / "best.pt", weights_only=True)["epoch"]
+
+    result, metrics, saved = fit("metric")
+    assert result["best_epoch"] == saved == 2
+    result, metrics, saved = fit("train_loss")
+    lowest = metrics.loc[metrics["train_loss"].idxmin(), "epoch"]
+    assert lowest != 2 and result["best_epoch"] == saved == lowest
+    result, metrics, saved = fit("last")
+    assert result["best_epoch"] == saved == 5
+    with pytest.raises(CompkitError, match="unknown checkpoint selection 'best'"):
+        engine.Engine(classifier(), device="cpu", select="best")
