@@ -101,7 +101,7 @@ def make_engine(comp: Competition, config: Config, model: Any, loss: Any = None,
         precise_bn=config.precise_bn, seed=config.seed, quiet=quiet,
         batch_transform=mixing(comp, config) if optimizer is not None else None,
         frozen=body_parameters(model) if config.freeze_epochs else (), freeze_epochs=config.freeze_epochs,
-        select=config.checkpoint,
+        select=config.checkpoint, swa=config.swa if optimizer is not None else 0,
     )
 
 

@@ -25,7 +25,8 @@ CHOICES = {"amp": AMP_MODES, "scheduler": SCHEDULERS, "tta": TTA_MODES,
 MAX_WORKERS = 256
 RANGES = {
     "image_size": (1, None, True), "epochs": (1, None, True), "batch_size": (1, None, True),
-    "lr": (0.0, None, False), "head_lr_multiplier": (0.0, None, False), "layer_decay": (0.0, 1.0, True), "freeze_epochs": (0, None, True), "weight_decay": (0.0, None, True),
+    "lr": (0.0, None, False), "head_lr_multiplier": (0.0, None, False), "layer_decay": (0.0, 1.0, True),
+    "freeze_epochs": (0, None, True), "swa": (0, None, True), "weight_decay": (0.0, None, True),
     "momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, True), "eps": (0.0, None, False), "warmup_epochs": (0.0, None, True), "step_size": (1, None, True),
     "gamma": (0.0, 1.0, False), "accumulate": (1, None, True), "clip_grad": (0.0, None, True),
     "ema": (0.0, 1.0, True), "precise_bn": (0, None, True), "patience": (0, None, True),
@@ -69,6 +70,7 @@ class Config:
     precise_bn: int = 0  # recompute BatchNorm statistics on this many train batches before validating, 0 is off
     patience: int = 0  # early stopping after this many epochs without improvement, 0 is off
     checkpoint: str = "metric"  # which epoch best.pt keeps: metric | train_loss | last
+    swa: int = 0  # average the weights of the last this many epochs (SWA); best.pt if it scores better
     tta: str = "hflip"  # none | hflip | vflip | flips | d4
     n_folds: int = 5  # folds of a new split (an existing folds.csv decides)
     seed: int = 42  # the split, the initial weights and every augmentation

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -72,6 +73,7 @@ class FitState:
     best_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)  # one metrics row per epoch
     stopped_early: bool = False
+    swa: dict[str, Any] | None = None  # how the weight average of the last epochs scored, when on
 
 
 @dataclass
@@ -96,8 +98,11 @@ class Engine:
     ``batch_transform(images, targets, epoch)``: applied to every training batch on the device (mixup,
     cutmix); it returns the new pair. ``frozen`` parameters (a fine-tune's body) do not change during
     the first ``freeze_epochs`` epochs (BatchNorm statistics still follow the data). ``select``: which
-    epoch best.pt keeps, "metric" (validation score), "train_loss" (lowest) or "last". ``quiet`` hides the progress bars and notes; the line per epoch and the final best line always print (on
-    the main process). Under torchrun the process group is set up here; use the Engine as a context
+    epoch best.pt keeps, "metric" (validation score), "train_loss" (lowest) or "last". ``swa``: average
+    the weights of the last this many epochs (torch.optim.swa_utils), recompute BatchNorm for the
+    average, score it on the validation fold and keep it as best.pt when it beats the best epoch.
+    ``quiet`` hides the progress bars and notes; the line per epoch and the final best line always
+    print (on the main process). Under torchrun the process group is set up here; use the Engine as a context
     manager (or call ``close()``) to leave it cleanly.
     """
 
@@ -123,6 +128,7 @@ class Engine:
         frozen: Sequence[nn.Parameter] = (),
         freeze_epochs: int = 0,
         select: str = "metric",
+        swa: int = 0,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise CompkitError(f"unknown activation {activation!r}; available: softmax, sigmoid, None")
@@ -141,6 +147,7 @@ class Engine:
         if select not in SELECTIONS:
             raise CompkitError(f"unknown checkpoint selection {select!r}; available: {', '.join(SELECTIONS)}")
         self.select = select
+        self.swa_epochs = max(0, swa)
         self.amp_dtype = self._amp_dtype(amp)
         # float16 overflows above 65504, so its gradients need scaling; bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -151,6 +158,7 @@ class Engine:
         if isinstance(loss, nn.Module):
             loss.to(self.device)  # class weights and similar buffers
         self.ema = self._make_ema(ema)
+        self.swa = AveragedModel(self.model) if self.swa_epochs else None
         self._ddp, self.network = self._wrap(compile)
         self._skipped_in_a_row = 0
 
@@ -253,6 +261,8 @@ class Engine:
                 self._fit_epoch(epoch, epochs, train_loader, valid_loader, run, state, patience)
         except KeyboardInterrupt:
             raise CompkitError(self._interrupted_message(epoch, state, run)) from None
+        if self.swa is not None and valid_loader is not None and int(self.swa.n_averaged) > 1:
+            self._finish_swa(train_loader, valid_loader, run, state, epochs)
         if state.best_epoch and valid_loader is not None:
             self._say(_best_line(state, run.metric))
         return {
@@ -261,6 +271,7 @@ class Engine:
             "best_epoch": state.best_epoch,
             "epochs_run": state.epoch,
             "stopped_early": state.stopped_early,
+            **({"swa": state.swa} if self.swa is not None else {}),
         }
 
     def _check_fit(self, train_loader: DataLoader, run: _Run, resume: bool) -> None:
@@ -302,6 +313,8 @@ class Engine:
         started = time.perf_counter()
         self._seed_epoch(epoch, train_loader)
         train_loss, images_per_second = self._train_epoch(train_loader, epoch, epochs, state)
+        if self.swa is not None and epoch > epochs - self.swa_epochs:
+            self.swa.update_parameters(self.model)
         self._recompute_batchnorm(train_loader)
         if valid_loader is None:  # a fit on all data: no score, and the latest weights are the model
             valid, value, valid_loss, improved = None, math.nan, math.nan, True
@@ -333,6 +346,29 @@ class Engine:
             if run.on_epoch_end is not None:
                 run.on_epoch_end(epoch, dict(row))
 
+    def _finish_swa(self, train_loader: DataLoader, valid_loader: DataLoader, run: _Run, state: FitState,
+                    epochs: int) -> None:
+        """Score the weight average of the last epochs; keep it as best.pt only if it beats the best epoch."""
+        target = self.ema.module if self.ema is not None else self.model  # what _evaluate and predict use
+        kept = {key: value.detach().clone() for key, value in target.state_dict().items()}
+        target.load_state_dict(self.swa.module.state_dict())
+        self._recompute_batchnorm(train_loader, batches=self.precise_bn or len(train_loader))
+        valid = self._evaluate(valid_loader)
+        value, valid_loss = self._score(valid, run)
+        first = epochs - int(self.swa.n_averaged) + 1
+        better = self.select == "metric" and _improved(value, state.best_score, run.higher_is_better)
+        self._say(f"swa of epochs {first}-{epochs}: {run.metric} {value:.5f}, valid_loss {valid_loss:.4f} against "
+                  f"epoch {state.best_epoch}'s {state.best_score:.5f}: "
+                  + ("kept as best.pt" if better else "best.pt stays that epoch"))
+        state.swa = {"first_epoch": first, "score": value, "valid_loss": valid_loss, "kept": better}
+        if better:
+            state.best_score = value
+            if self.main and run.out_dir is not None:
+                _io.torch_save(self._checkpoint(state, run, full=False), run.out_dir / "best.pt")
+                _write_oof(run.out_dir / "oof.npz", valid, run.valid_ids)
+        else:
+            target.load_state_dict(kept)
+
     def _selected(self, value: float, valid_loss: float, train_loss: float, state: FitState, run: _Run) -> bool:
         """Whether this epoch becomes best.pt: by the validation metric, the training loss, or the last."""
         if self.select == "last":
@@ -346,7 +382,7 @@ class Engine:
             value == state.best_score and valid_loss < _best_loss(state)
         )
 
-    def _recompute_batchnorm(self, loader: DataLoader) -> None:
+    def _recompute_batchnorm(self, loader: DataLoader, batches: int | None = None) -> None:
         """Precise BatchNorm (Wu & Johnson, "Rethinking 'Batch' in BatchNorm"): running statistics
         averaged over ``precise_bn`` training batches with the final weights of the epoch.
 
@@ -354,7 +390,8 @@ class Engine:
         while a high learning rate moves the weights fast they can be far from what the weights now
         produce, and evaluation-mode predictions collapse although training goes well.
         """
-        if not self.precise_bn:
+        batches = batches or self.precise_bn
+        if not batches:
             return
         model = self.ema.module if self.ema is not None else self.model
         norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
@@ -365,7 +402,7 @@ class Engine:
         from torch.optim.swa_utils import update_bn
 
         with self._autocast():
-            images = (self._to_device(batch["image"]) for batch in islice(loader, self.precise_bn))
+            images = (self._to_device(batch["image"]) for batch in islice(loader, batches))
             update_bn(images, model)
         _distributed.average_([buffer for norm in norms for buffer in (norm.running_mean, norm.running_var)])
 
@@ -618,6 +655,7 @@ class Engine:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "history": state.history,
                 "stopped_early": state.stopped_early,
+                "swa": self.swa.state_dict() if self.swa is not None else None,
             }
         return checkpoint
 
@@ -640,6 +678,8 @@ class Engine:
         self.model.load_state_dict(checkpoint["model"])
         if self.ema is not None and checkpoint["ema"] is not None:
             self.ema.module.load_state_dict(checkpoint["ema"])
+        if self.swa is not None and checkpoint.get("swa") is not None:
+            self.swa.load_state_dict(checkpoint["swa"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.schedule.load_state_dict(checkpoint["schedule"])
         if self.scaler is not None and checkpoint["scaler"] is not None:

@@ -64,3 +64,35 @@ def test_the_checkpoint_selection_picks_the_metric_the_training_loss_or_the_last
     assert result["best_epoch"] == saved == 5
     with pytest.raises(CompkitError, match="unknown checkpoint selection 'best'"):
         engine.Engine(classifier(), device="cpu", select="best")
+
+
+def test_swa_averages_the_last_epochs_recomputes_batchnorm_and_is_kept_only_when_it_scores_better(tmp_path):
+    from torch import nn
+
+    def fit(scores, out):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                              nn.Flatten(), nn.Linear(4, 3))
+        config = Config(lr=0.1, epochs=5, scheduler="none")
+        optimizer = optim.build_optimizer(model, config)
+        loader = engine.make_loader(Samples(64), batch_size=16, train=True, num_workers=0)
+        valid = engine.make_loader(Samples(32, offset=1), batch_size=16, train=False, num_workers=0)
+        trainer = engine.Engine(model, torch.nn.CrossEntropyLoss(), optimizer, device="cpu", quiet=True, swa=3)
+        snapshots = []
+        scores = iter(scores)
+        result = trainer.fit(loader, valid, epochs=5, score=lambda t, p: next(scores), out_dir=out,
+                             on_epoch_end=lambda e, m: snapshots.append(
+                                 {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        return result, snapshots, torch.load(out / "best.pt", weights_only=True)
+
+    # the average scores 0.9 against the epochs' best 0.5: it becomes best.pt
+    result, snapshots, best = fit([0.1, 0.2, 0.3, 0.4, 0.5, 0.9], tmp_path / "kept")
+    assert result["swa"]["first_epoch"] == 3 and result["swa"]["kept"] and result["best_score"] == 0.9
+    average = torch.stack([snapshot["0.weight"] for snapshot in snapshots[2:]]).mean(0)
+    assert torch.allclose(best["model"]["0.weight"], average, atol=1e-6)
+    plain_mean = torch.stack([snapshot["1.running_mean"] for snapshot in snapshots[2:]]).mean(0)
+    assert not torch.allclose(best["model"]["1.running_mean"], plain_mean)  # BatchNorm recomputed for it
+    # scoring worse than the best epoch, best.pt stays that epoch
+    result, snapshots, best = fit([0.1, 0.2, 0.3, 0.4, 0.5, 0.0], tmp_path / "dropped")
+    assert not result["swa"]["kept"] and result["best_epoch"] == 5 and result["best_score"] == 0.5
+    assert torch.equal(best["model"]["0.weight"], snapshots[4]["0.weight"])
