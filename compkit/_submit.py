@@ -15,8 +15,10 @@ from compkit.competition import Competition
 from compkit.config import Config
 from compkit.errors import CompkitError
 from compkit.pipeline import echo, table
+from compkit.runs import cross_validation
 
 SEARCH_LIMIT = 1000
+PACKED = "packed.json"  # in a run folder compkit pack wrote: the CV recorded when packing
 
 
 def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path, *, fold_spec: str = "all",
@@ -35,7 +37,12 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
     view_mode = tta or config.tta
     comp.read_sample(root)  # missing or unreadable: say so now, not after the whole test set
     cv = {"score": None, "folds": {}}
-    if folds:
+    if folds and (run_dir / PACKED).is_file():  # a pack (compkit pack): no out-of-fold predictions in it
+        cv = packed_cv(json.loads((run_dir / PACKED).read_text()), folds)
+        score = "unknown for a subset of the packed folds" if cv["score"] is None else f"{cv['score']:.5f}"
+        echo(f"CV {comp.metric} recorded when packed: {score} over folds {', '.join(map(str, folds))}\n"
+             + fold_table(cv["folds"], trained))
+    elif folds:
         cv = cross_validation(comp, run_dir, folds)
         echo(f"CV {comp.metric}: {cv['score']:.5f} over folds {', '.join(map(str, folds))}\n"
              + fold_table(cv["folds"], trained))
@@ -103,6 +110,13 @@ def _postprocess(comp: Competition, config: Config, run_dir: Path, cv: dict[str,
     return params
 
 
+def packed_cv(packed: dict[str, Any], folds: list[int]) -> dict[str, Any]:
+    """The CV a pack recorded (its ``packed.json``); the overall score only for the folds it was recorded on."""
+    scores = {int(k): score for k, score in packed["fold_scores"].items()}
+    return {"score": packed["cv_score"] if sorted(folds) == sorted(packed["folds"]) else None,
+            "folds": {k: scores[k] for k in folds}}
+
+
 def choose_folds(run_dir: Path, spec: str) -> list[int]:
     """The folds of ``spec`` ("all" or "0,2,3") that have a best checkpoint."""
     trained = sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/best.pt"))
@@ -148,16 +162,6 @@ def fold_table(scores: dict[int, float], records: dict[int, dict[str, Any] | Non
                    + (", stopped early" if record.get("stopped_early") else ""))
         lines.append(f"  fold {k}: {score:.5f}  ({trained})")
     return "\n".join(lines)
-
-
-def cross_validation(comp: Competition, run_dir: Path, folds: list[int]) -> dict[str, Any]:
-    """The CV score from the out-of-fold predictions of ``folds``, overall and per fold."""
-    parts = [np.load(run_dir / f"fold{k}" / "oof.npz", allow_pickle=False) for k in folds]
-    scores = {k: comp.score(p["targets"], p["probabilities"].astype(np.float32)) for k, p in zip(folds, parts)}
-    probabilities = np.concatenate([p["probabilities"] for p in parts]).astype(np.float32)
-    targets = np.concatenate([p["targets"] for p in parts])
-    return {"score": comp.score(targets, probabilities), "folds": scores,
-            "probabilities": probabilities, "targets": targets}
 
 
 def search_sample(count: int, seed: int, limit: int = SEARCH_LIMIT) -> np.ndarray:

@@ -315,6 +315,53 @@ def weights_pull(models: tuple[str, ...], folder: str) -> None:
         click.echo(f"wrote {pull_weights(model, Path(folder))}")
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--run-name", "--run", "run", envvar="COMPKIT_RUN", help="Run id (default: latest; env COMPKIT_RUN).")
+@click.option("--folds", "fold_spec", default="all", show_default=True, metavar="all|K,K,...[,full]",
+              help="The folds to pack (and the full fit with 'full').")
+@click.option("--half", is_flag=True, help="Store the weights as float16 (half the size).")
+@click.option("--out", type=click.Path(file_okay=False), help="Pack folder (default packs/NAME/<run>).")
+@click.option("--force", is_flag=True, help="Replace an existing pack.")
+@click.option("--upload", is_flag=True, help="Then create the Kaggle dataset, or a new version of it (private).")
+@click.option("--message", help="Version notes for --upload.")
+@runs_option
+def pack(name: str, run: str | None, fold_spec: str, half: bool, out: str | None, force: bool, upload: bool,
+         message: str | None, runs_dir: str | None) -> None:
+    """Pack a run's folds for an offline Kaggle notebook: weights, config, wheels, dataset metadata.
+
+    \b
+    Example:
+      compkit pack digits --folds 0,1                 # packs/digits/<run>/
+      compkit pack siim --half --upload               # float16 weights, then the Kaggle dataset
+    """
+    from compkit import pack as packing
+
+    packing.pack(name, places(runs_dir=runs_dir), run=run, fold_spec=fold_spec, half=half, out=out, force=force,
+                 upload=upload, message=message)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--run-name", "--run", "run", envvar="COMPKIT_RUN", help="Run id (default: latest; env COMPKIT_RUN).")
+@click.option("--pack", "pack_dir", type=click.Path(file_okay=False), help="The pack (default packs/NAME/<run>).")
+@click.option("--out", type=click.Path(file_okay=False), help="Notebook folder (default notebooks/NAME/<run>).")
+@click.option("--push", is_flag=True, help="Then push it to Kaggle as a private notebook (Kaggle runs it).")
+@runs_option
+def notebook(name: str, run: str | None, pack_dir: str | None, out: str | None, push: bool,
+             runs_dir: str | None) -> None:
+    """Write the offline inference notebook of a pack (notebook.ipynb, notebook.py, kernel-metadata.json).
+
+    \b
+    Example:
+      compkit notebook digits                         # notebooks/digits/<run>/
+      compkit notebook siim --pack packs/siim/20261122-140000 --push
+    """
+    from compkit import notebook as notebooks
+
+    notebooks.notebook(name, places(runs_dir=runs_dir), run=run, pack_dir=pack_dir, out=out, push=push)
+
+
 @cli.command(name="submissions")
 @click.argument("name")
 @submissions_option
