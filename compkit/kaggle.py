@@ -54,16 +54,7 @@ def competition_files(slug: str, root: str | os.PathLike, *, force: bool = False
         {"competition": slug},
         f"competition '{slug}'",
         force,
-        lambda api, staging: _call(
-            advice,
-            api.competition_download_files,
-            slug,
-            path=str(staging),
-            force=force,
-            quiet=False,
-            doing=f"downloading competition '{slug}'",
-            retry=True,
-        ),
+        _downloader(advice, "competition_download_files", slug, force=force),
     )
     return Path(root)
 
@@ -88,17 +79,8 @@ def competition_file(slug: str, file_name: str, root: str | os.PathLike, *, forc
         {"competition": slug, "file": file_name},
         f"file '{file_name}' of competition '{slug}'",
         force,
-        lambda api, staging: _call(
-            advice,
-            api.competition_download_file,
-            slug,
-            file_name,
-            path=str(staging),
-            force=force,
-            quiet=False,
-            doing=f"downloading file '{file_name}' of competition '{slug}'",
-            retry=True,
-        ),
+        _downloader(advice, "competition_download_file", slug, file_name, force=force,
+                    what=f"file '{file_name}' of competition '{slug}'"),
         keep=name,
     )
     return root / name if (root / name).exists() else root
@@ -124,16 +106,7 @@ def dataset(ref: str, root: str | os.PathLike, *, version: int | None = None, fo
         {"dataset": ref, "version": version},
         f"dataset '{full_ref}'",
         force,
-        lambda api, staging: _call(
-            advice,
-            api.dataset_download_files,
-            full_ref,
-            path=str(staging),
-            force=force,
-            quiet=False,
-            doing=f"downloading dataset '{full_ref}'",
-            retry=True,
-        ),
+        _downloader(advice, "dataset_download_files", full_ref, force=force, what=f"dataset '{full_ref}'"),
     )
     return Path(root)
 
@@ -292,6 +265,18 @@ def _fetch(
         staging.parent.rmdir()  # only when no other download is unfinished
     _say(f"{what}: {len(files)} file(s) in {root}")
     return files
+
+
+def _downloader(advice: dict[int, str], method: str, *args: str, force: bool, what: str | None = None) -> Callable:
+    """``(api, staging) -> None``: the client's download ``method`` into the staging folder, under the
+    timeouts, retried (a download is idempotent)."""
+    what = what or f"competition '{args[0]}'"
+
+    def download(api, staging: Path) -> None:
+        _call(advice, getattr(api, method), *args, path=str(staging), force=force, quiet=False,
+              doing=f"downloading {what}", retry=True)
+
+    return download
 
 
 def _recorded_files(marker: Path, source: dict, root: Path) -> list[Path] | None:

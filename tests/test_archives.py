@@ -254,6 +254,14 @@ ZEROS = {"zeros.bin": bytes(16 << 20), "note.txt": b"hello"}  # 16 MiB that comp
 WRITERS = {".zip": write_zip, ".7z": write_7z, ".tar.gz": write_tar}
 
 
+def data_with_a_file_of_mine(tmp_path):
+    """tmp_path/data holding mine.txt, which a refused extraction must leave alone."""
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "mine.txt").write_bytes(b"mine")
+    return target
+
+
 def assert_refused_cleanly(tmp_path: Path, archive: Path, target: Path, caught) -> str:
     message = str(caught.value)
     assert message.startswith(f"refusing to extract {archive}:")
@@ -265,9 +273,7 @@ def assert_refused_cleanly(tmp_path: Path, archive: Path, target: Path, caught) 
 @pytest.mark.parametrize("suffix", list(WRITERS))
 def test_bomb_over_a_lowered_limit_is_refused_and_leaves_nothing(tmp_path, monkeypatch, suffix):
     archive = WRITERS[suffix](tmp_path / f"bomb{suffix}", ZEROS)
-    target = tmp_path / "data"
-    target.mkdir()
-    (target / "mine.txt").write_bytes(b"mine")
+    target = data_with_a_file_of_mine(tmp_path)
     monkeypatch.setenv("COMPKIT_MAX_EXTRACT", "1M")
     with pytest.raises(CompkitError) as caught:
         extract(archive, target, progress=False)
@@ -283,9 +289,7 @@ def test_default_limit_is_a_ratio_of_the_archive_size_and_can_be_raised(tmp_path
     monkeypatch.delenv("COMPKIT_MAX_EXTRACT", raising=False)
     monkeypatch.setattr(archives, "RATIO_FLOOR", 1 << 20)  # so that 16 MiB is a bomb by default
     archive = write_zip(tmp_path / "bomb.zip", ZEROS)  # about 16 kB: a ratio of 1000
-    target = tmp_path / "data"
-    target.mkdir()
-    (target / "mine.txt").write_bytes(b"mine")
+    target = data_with_a_file_of_mine(tmp_path)
     with pytest.raises(CompkitError) as caught:
         extract(archive, target, progress=False)
     message = assert_refused_cleanly(tmp_path, archive, target, caught)
@@ -306,9 +310,7 @@ def test_free_disk_space_bounds_extraction_whatever_the_setting(tmp_path, monkey
         shutil, "disk_usage", lambda path: real(path)._replace(total=100 << 30, free=(1 << 30) + (8 << 20))
     )
     archive = write_tar(tmp_path / "big.tar.gz", ZEROS)
-    target = tmp_path / "data"
-    target.mkdir()
-    (target / "mine.txt").write_bytes(b"mine")
+    target = data_with_a_file_of_mine(tmp_path)
     with pytest.raises(CompkitError) as caught:
         extract(archive, target, progress=False, max_size="off")
     message = assert_refused_cleanly(tmp_path, archive, target, caught)
@@ -322,9 +324,7 @@ def test_archive_that_lies_about_its_size_is_stopped_while_it_is_written(tmp_pat
     # As if the headers declared nothing: only the count of bytes written can stop it.
     monkeypatch.setattr(archives._Budget, "declare", lambda self, size, at_least=False: None)
     archive = WRITERS[suffix](tmp_path / f"bomb{suffix}", ZEROS)
-    target = tmp_path / "data"
-    target.mkdir()
-    (target / "mine.txt").write_bytes(b"mine")
+    target = data_with_a_file_of_mine(tmp_path)
     with pytest.raises(CompkitError) as caught:
         extract(archive, target, progress=False, max_size="1M")
     message = assert_refused_cleanly(tmp_path, archive, target, caught)
