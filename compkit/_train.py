@@ -66,12 +66,39 @@ def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask:
 def loader(comp: Competition, table: pd.DataFrame, root: Path, stage: str, config: Config, **options: Any) -> Any:
     """A DataLoader over ``comp.dataset`` for ``stage``, seeded and sized from the config."""
     dataset = comp.dataset(table, root, stage, config)
+    if stage == "train" and config.augment != "none":
+        if not hasattr(dataset, "transform"):
+            raise CompkitError(f"augment={config.augment} needs a dataset with a ``transform`` to extend; "
+                               f"{comp.name}'s {type(dataset).__name__} has none: set augment = none")
+        dataset.transform = with_policy(dataset.transform, config)
     device = options.get("device") or config.device
     if config.gpu_data and stage == "train":
         return device_loader(comp, dataset, config, device)
     return engine.make_loader(dataset, batch_size=options.get("batch_size") or config.batch_size,
                               train=stage == "train", num_workers=config.num_workers, seed=config.seed,
                               device=device)
+
+
+def with_policy(transform: Any, config: Config) -> Any:
+    """``transform`` after torchvision's RandAugment, TrivialAugmentWide or AutoAugment on the uint8 image."""
+    import albumentations as A
+    import numpy as np
+    import torch
+    from torchvision.transforms import v2
+
+    policy = {"randaugment": lambda: v2.RandAugment(num_ops=2, magnitude=config.augment_magnitude),
+              "trivialaugment": v2.TrivialAugmentWide, "autoaugment": v2.AutoAugment}[config.augment]()
+
+    def apply(image: np.ndarray, **_: Any) -> np.ndarray:
+        if image.dtype != np.uint8:
+            raise CompkitError(f"augment={config.augment} works on uint8 images; this dataset gives {image.dtype}")
+        tensor = torch.from_numpy(np.ascontiguousarray(image))
+        channels_first = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        out = policy(channels_first)
+        return out[0].numpy() if image.ndim == 2 else out.permute(1, 2, 0).numpy()
+
+    steps = [A.Lambda(image=apply, name=config.augment)] + ([transform] if transform is not None else [])
+    return A.Compose(steps)
 
 
 def device_loader(comp: Competition, dataset: Any, config: Config, device: str) -> Any:

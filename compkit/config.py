@@ -20,7 +20,8 @@ AMP_MODES = ("bf16", "fp16", "off")
 SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "none")
 TTA_MODES = ("none", "hflip", "vflip", "flips", "d4")
 CHOICES = {"amp": AMP_MODES, "scheduler": SCHEDULERS, "tta": TTA_MODES,
-           "checkpoint": ("metric", "train_loss", "last")}  # optimizers: a registry
+           "checkpoint": ("metric", "train_loss", "last"),
+           "augment": ("none", "randaugment", "trivialaugment", "autoaugment")}  # optimizers: a registry
 # The values a key may take: (lowest, highest, whether the lowest itself is allowed); None is unbounded.
 MAX_WORKERS = 256
 RANGES = {
@@ -32,7 +33,7 @@ RANGES = {
     "ema": (0.0, 1.0, True), "precise_bn": (0, None, True), "patience": (0, None, True),
     "n_folds": (2, None, True), "num_workers": (-1, MAX_WORKERS, True),
     "mixup": (0.0, None, True), "cutmix": (0.0, None, True), "mix_prob": (0.0, 1.0, True),
-    "mix_off_epoch": (0, None, True),
+    "mix_off_epoch": (0, None, True), "augment_magnitude": (0, 30, True),
 }
 
 
@@ -82,6 +83,8 @@ class Config:
     cutmix: float = 0.0  # cutmix's Beta(alpha, alpha) for classification, 0 is off
     mix_prob: float = 1.0  # share of training batches mixed when mixup or cutmix is on
     mix_off_epoch: int = 0  # the last this many epochs train without mixing
+    augment: str = "none"  # an automatic policy before the train transforms: randaugment | trivialaugment | autoaugment
+    augment_magnitude: int = 9  # randaugment's magnitude, 0..30
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
