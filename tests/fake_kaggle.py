@@ -2,6 +2,10 @@
 
 The client is pointed at it with KAGGLE_API_ENVIRONMENT=LOCALHOST (it then calls http://localhost/api/v1/...)
 and HTTP_PROXY=http://127.0.0.1:<port>, so every request, downloads and uploads included, arrives here.
+
+It serves competition downloads and submissions, dataset downloads, dataset uploads (GetDatasetStatus,
+StartBlobUpload, then a PUT of each file's bytes, CreateDataset / CreateDatasetVersion) and notebook pushes
+(SaveKernel); each records what it received (see the fields of FakeKaggle).
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from urllib.parse import quote, quote_plus, unquote, urlsplit
 API = "/api/v1/"
 COMPETITIONS = "competitions.CompetitionApiService/"
 DATASETS = "datasets.DatasetApiService/"
+BLOBS = "blobs.BlobApiService/"
+KERNELS = "kernels.KernelsApiService/"
 INTROSPECT = "security.OAuthService/IntrospectToken"
-MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a pack's zipped run folder (compkit pack --upload) is some 20 MiB
 SOCKET_TIMEOUT_SECONDS = 10
 STALL_SECONDS = 30  # how long a stalled request waits at most (stop() releases it at once)
 
@@ -91,6 +97,16 @@ class FakeKaggle:
     submissions: list[dict] = field(default_factory=list)  # answered by ListSubmissions
     uploads: dict[str, bytes] = field(default_factory=dict)  # upload token -> bytes received by PUT
     created: list[dict] = field(default_factory=list)  # CreateSubmission request bodies
+    # Uploading a dataset and pushing a notebook. GetDatasetStatus answers "ready" for a dataset in ``datasets``
+    # or created here (CreateDataset), 404 otherwise (or the status in ``errors``).
+    blobs: dict[str, dict] = field(default_factory=dict)  # upload token -> StartBlobUpload request body
+    created_datasets: list[dict] = field(default_factory=list)  # CreateDataset request bodies
+    dataset_refs: set[str] = field(default_factory=set)  # "owner/slug" of the datasets CreateDataset created
+    dataset_versions: list[dict] = field(default_factory=list)  # CreateDatasetVersion request bodies
+    kernels: list[dict] = field(default_factory=list)  # SaveKernel request bodies
+    # RPC method name ("CreateDataset", "CreateDatasetVersion", "SaveKernel") -> fields put into its answer,
+    # e.g. {"error": "Slug taken"}: an answer with an error creates nothing.
+    answers: dict[str, dict] = field(default_factory=dict)
     requests: list[tuple[str, str, dict]] = field(default_factory=list)  # (method, path, json body)
     port: int = 0
     _server: ThreadingHTTPServer | None = None
@@ -131,6 +147,11 @@ class FakeKaggle:
         return sum(
             1 for _, path, _ in self.requests if path == method_or_path or path.endswith("/" + method_or_path)
         )
+
+    def uploaded(self, files: list[dict]) -> dict[str, bytes]:
+        """The files a CreateDataset / CreateDatasetVersion body names (``[{"token": ...}]``), as the name
+        each was announced under (StartBlobUpload) -> the bytes its PUT sent."""
+        return {self.blobs[item["token"]]["name"]: self.uploads[item["token"]] for item in files}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -250,8 +271,25 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if not path.startswith("/upload/") or self.kaggle.fail_upload:
             return self._error(500, "upload failed")
+        if self.headers.get("Content-Range"):  # the client resuming a dataset's upload (kaggle's _upload_blob)
+            return self._resumable_put(token, body, self.headers["Content-Range"])
         self.kaggle.uploads[token] = body
         return self._json({})
+
+    def _resumable_put(self, token: str, body: bytes, content_range: str) -> None:
+        """A resumable upload's status query ("bytes */N": what arrived?) or its next part ("bytes A-B/N"),
+        answered as Google Cloud Storage does: 200 once all N bytes are in, else 308 with the Range received
+        (none: start again from byte 0)."""
+        spec, _, total = content_range.removeprefix("bytes ").partition("/")
+        received = self.kaggle.uploads.get(token, b"")
+        if spec != "*":
+            if int(spec.split("-")[0]) != len(received):
+                return self._error(400, f"upload part {spec} does not follow the {len(received)} bytes received")
+            received += body
+            self.kaggle.uploads[token] = received
+        if str(len(received)) == total:
+            return self._json({})
+        self._send(308, b"", "text/plain", {"Range": f"bytes=0-{len(received) - 1}"} if received else {})
 
     def do_POST(self):
         path = self._path()
@@ -274,6 +312,11 @@ class _Handler(BaseHTTPRequestHandler):
             COMPETITIONS + "CreateSubmission": self._create_submission,
             COMPETITIONS + "ListSubmissions": self._list_submissions,
             DATASETS + "DownloadDataset": self._download_dataset,
+            DATASETS + "GetDatasetStatus": self._get_dataset_status,
+            DATASETS + "CreateDataset": self._create_dataset,
+            DATASETS + "CreateDatasetVersion": self._create_dataset_version,
+            BLOBS + "StartBlobUpload": self._start_blob_upload,
+            KERNELS + "SaveKernel": self._save_kernel,
         }.get(method)
         if handler is None:
             return self._error(404, f"the fake does not implement {method}")
@@ -326,8 +369,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _start_submission_upload(self, body: dict) -> None:
         if self._competition(body.get("competitionName", "")) is None:
             return
+        self._json(self._new_upload())
+
+    def _new_upload(self) -> dict:
+        """A fresh upload token and the URL its PUT goes to (which ``do_PUT`` serves)."""
         token = f"blob-{len(self.kaggle.uploads) + len(self.kaggle.requests)}"
-        self._json({"token": token, "createUrl": f"http://localhost/upload/{token}"})
+        return {"token": token, "createUrl": f"http://localhost/upload/{token}"}
 
     def _create_submission(self, body: dict) -> None:
         if self._competition(body.get("competitionName", "")) is None:
@@ -339,6 +386,64 @@ class _Handler(BaseHTTPRequestHandler):
     def _list_submissions(self, body: dict) -> None:
         if self._competition(body.get("competitionName", "")) is not None:
             self._json({"submissions": self.kaggle.submissions, "nextPageToken": ""})
+
+    # ---- uploading datasets, pushing notebooks ----
+
+    def _dataset_exists(self, ref: str) -> bool:
+        return ref in self.kaggle.datasets or ref in self.kaggle.dataset_refs
+
+    def _get_dataset_status(self, body: dict) -> None:
+        ref = f"{body.get('ownerSlug', '')}/{body.get('datasetSlug', '')}"
+        status = self.kaggle.errors.get(ref)
+        if status is not None:
+            return self._error(status, "Permission denied" if status == 403 else "Not found")
+        if not self._dataset_exists(ref):
+            return self._error(404, "Not found")
+        self._json({"status": "ready"})
+
+    def _start_blob_upload(self, body: dict) -> None:
+        upload = self._new_upload()
+        self.kaggle.blobs[upload["token"]] = body
+        self._json(upload)
+
+    def _unknown_tokens(self, files: list[dict]) -> list[str]:
+        """The tokens in ``files`` that no PUT delivered bytes for."""
+        return [item.get("token", "") for item in files if item.get("token") not in self.kaggle.uploads]
+
+    def _dataset_answer(self, method: str, ref: str, files: list[dict]) -> dict:
+        missing = self._unknown_tokens(files)
+        answer = {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok", "error": ""}
+        if missing:
+            answer |= {"error": f"unknown upload token(s) {', '.join(missing)}"}
+        answer |= self.kaggle.answers.get(method, {})
+        if answer["error"]:
+            answer |= {"ref": "", "url": "", "status": "error"}
+        return answer
+
+    def _create_dataset(self, body: dict) -> None:
+        ref = f"{body.get('ownerSlug', '')}/{body.get('slug', '')}"
+        answer = self._dataset_answer("CreateDataset", ref, body.get("files", []))
+        if not answer["error"] and self._dataset_exists(ref):
+            answer |= {"ref": "", "url": "", "status": "error", "error": f"dataset {ref} already exists"}
+        self.kaggle.created_datasets.append(body)
+        if not answer["error"]:
+            self.kaggle.dataset_refs.add(ref)
+        self._json(answer)
+
+    def _create_dataset_version(self, body: dict) -> None:
+        ref = f"{body.get('ownerSlug', '')}/{body.get('datasetSlug', '')}"
+        self.kaggle.dataset_versions.append(body)
+        if not self._dataset_exists(ref):
+            return self._error(404, "Not found")
+        self._json(self._dataset_answer("CreateDatasetVersion", ref, body.get("body", {}).get("files", [])))
+
+    def _save_kernel(self, body: dict) -> None:
+        self.kaggle.kernels.append(body)
+        slug = body.get("slug") or ""
+        answer = {"ref": f"/code/{slug}", "url": f"https://www.kaggle.com/code/{slug}",
+                  "versionNumber": len(self.kaggle.kernels), "error": ""}
+        answer |= self.kaggle.answers.get("SaveKernel", {})
+        self._json(answer)
 
     # ---- file bytes (what the redirects point to) ----
 

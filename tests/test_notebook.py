@@ -20,6 +20,7 @@ from compkit.cli import cli
 from compkit.errors import CompkitError
 from compkit.notebook import notebook, to_notebook
 from compkit.places import Places
+from tests.fake_kaggle import FakeKaggle, point_client_at
 
 FAST = {"epochs": 1, "batch_size": 64, "device": "cpu", "model": "timm/resnet10t", "precise_bn": 0, "num_workers": 0}
 HIDDEN = ("compkit", "__editable__")  # the dev install of compkit and its plugins: not on Kaggle
@@ -89,6 +90,55 @@ def test_a_pack_of_another_run_or_no_pack_is_an_error(packed, tmp_path):
         notebook("digits", where, pack_dir=tmp_path, out=tmp_path / "n")
     with pytest.raises(CompkitError, match="not a Kaggle competition"):
         notebook("hotdog", where, pack_dir=pack, out=tmp_path / "n")
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """A running fake Kaggle the real client talks to."""
+    server = FakeKaggle().start()
+    (tmp_path / "home").mkdir()
+    point_client_at(monkeypatch, server, tmp_path / "home")
+    yield server
+    server.stop()
+
+
+def push(where, pack, out):
+    return CliRunner().invoke(cli, ["notebook", "digits", "--runs-dir", str(where.runs), "--pack", str(pack),
+                                    "--out", str(out), "--push"])
+
+
+def test_push_saves_the_notebook_as_a_private_kernel_without_internet_on_the_pack_and_the_data(packed, fake, tmp_path):
+    where, pack, _ = packed
+    out = tmp_path / "notebook"
+    result = push(where, pack, out)
+    assert result.exit_code == 0, result.output
+    slug = "fake-user/compkit-digits-r1"  # the client's username: the account it pushes to
+    assert json.loads((out / "kernel-metadata.json").read_text())["id"] == slug
+    assert fake.count("SaveKernel") == 1
+    body = fake.kernels[0]
+    assert body["slug"] == slug and body["newTitle"] == "compkit digits r1"
+    assert body["kernelType"] == "notebook" and body["language"] == "python"
+    assert body["datasetDataSources"] == [json.loads((pack / "dataset-metadata.json").read_text())["id"]]
+    assert body["datasetDataSources"] == ["someone/compkit-digits-r1"]  # the pack's dataset, whoever made it
+    assert body["competitionDataSources"] == ["digit-recognizer"]
+    assert body["enableInternet"] is False and body["isPrivate"] is True and body["enableGpu"] is True
+    written = json.loads((out / "notebook.ipynb").read_text())
+    assert written == to_notebook((out / "notebook.py").read_text())
+    for cell in written["cells"]:  # the client sends each cell's source as one string
+        cell["source"] = "".join(cell["source"])
+    sent = json.loads(body["text"])
+    assert sent == written and len(sent["cells"]) == 6
+    assert f"pushed notebook /code/{slug} (version 1) https://www.kaggle.com/code/{slug}" in result.output
+
+
+def test_a_notebook_kaggle_refuses_is_a_one_line_error(packed, fake, tmp_path):
+    where, pack, _ = packed
+    fake.answers["SaveKernel"] = {"error": "Notebook not found or no permission to save it"}
+    result = push(where, pack, tmp_path / "notebook")
+    assert result.exit_code == 1 and type(result.exception) is SystemExit, result.output  # not an uncaught error
+    assert result.output.splitlines()[-1] == ("Error: Kaggle refused notebook fake-user/compkit-digits-r1: "
+                                              "Notebook not found or no permission to save it")
+    assert "Traceback" not in result.output and fake.count("SaveKernel") == 1
 
 
 def filtered_site(folder: Path) -> Path:

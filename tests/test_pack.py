@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import json
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from compkit.cli import cli
 from compkit.config import Config
 from compkit.errors import CompkitError
 from compkit.places import Places
+from tests.fake_kaggle import FakeKaggle, point_client_at
 
 FAST = {"epochs": 1, "batch_size": 64, "device": "cpu", "model": "timm/resnet10t", "precise_bn": 0, "num_workers": 0}
 
@@ -190,7 +193,79 @@ def test_a_segmentation_pack_carries_the_post_processing_submit_chooses(tmp_path
     assert _submit._postprocess(comp, config, out / "siim" / "s1", packed_cv) == chosen
 
 
-@pytest.mark.skip(reason="tests/fake_kaggle.py does not serve datasets.DatasetApiService/GetDatasetStatus, "
-                         "CreateDataset, CreateDatasetVersion and blobs.BlobApiService/StartBlobUpload yet")
-def test_upload_creates_the_dataset_then_a_new_version():
-    raise AssertionError("to be written with the fake's dataset endpoints")
+REF = "fake-user/compkit-digits-r1"
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """A running fake Kaggle the real client talks to; its temporary files (the zips of the pack's folders,
+    its resumable-upload state) go to a folder of this test, not the machine's shared temp folder."""
+    server = FakeKaggle().start()
+    (tmp_path / "home").mkdir()
+    point_client_at(monkeypatch, server, tmp_path / "home")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    yield server
+    server.stop()
+
+
+def member(archive: bytes, name: str) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        return opened.read(name)
+
+
+def assert_uploaded_the_pack(fake, files: list[dict], out: Path) -> None:
+    """``files`` (a CreateDataset/CreateDatasetVersion body's) are the pack's top-level entries, folders as zips."""
+    uploaded = fake.uploaded(files)
+    assert sorted(uploaded) == ["digits.zip", "pack.json", "requirements.txt", "wheels.zip"]  # no metadata file
+    for name in ("pack.json", "requirements.txt"):
+        assert uploaded[name] == (out / name).read_bytes(), name
+    weights = out / "digits" / "r1" / "fold0" / "best.pt"
+    assert member(uploaded["digits.zip"], "r1/fold0/best.pt") == weights.read_bytes()
+    assert member(uploaded["digits.zip"], "r1/config.json") == (out / "digits" / "r1" / "config.json").read_bytes()
+    wheel = "compkit_digits-0.1.0-py3-none-any.whl"
+    assert member(uploaded["wheels.zip"], wheel) == (out / "wheels" / wheel).read_bytes()
+    announced = {fake.blobs[item["token"]]["name"]: fake.blobs[item["token"]] for item in files}
+    for name, content in uploaded.items():
+        assert announced[name]["type"] == "DATASET" and int(announced[name]["contentLength"]) == len(content), name
+
+
+def test_upload_creates_the_dataset_then_a_new_version(run, fake, tmp_path):
+    out = tmp_path / "pack"
+    result = make_pack(run, out, "--folds", "0", "--upload")
+    assert json.loads((out / "dataset-metadata.json").read_text())["id"] == REF  # the client's username
+    assert fake.count("GetDatasetStatus") == 2  # compkit's look-up, then the client's own check
+    assert fake.dataset_versions == [] and len(fake.created_datasets) == 1
+    created = fake.created_datasets[0]
+    assert created["ownerSlug"] == "fake-user" and created["slug"] == "compkit-digits-r1"
+    assert created["title"] == "compkit digits r1" and created["licenseName"] == "CC0-1.0"
+    assert created["isPrivate"] is True
+    assert_uploaded_the_pack(fake, created["files"], out)
+    assert f"uploading {out} as the new dataset {REF}" in result.output
+    assert f"uploaded dataset {REF} https://www.kaggle.com/datasets/{REF}" in result.output
+
+    result = make_pack(run, out, "--folds", "0", "--force", "--upload", "--message", "second")
+    assert len(fake.created_datasets) == 1 and len(fake.dataset_versions) == 1
+    version = fake.dataset_versions[0]
+    assert version["ownerSlug"] == "fake-user" and version["datasetSlug"] == "compkit-digits-r1"
+    assert version["body"]["versionNotes"] == "second"
+    assert not set(item["token"] for item in version["body"]["files"]) & set(item["token"] for item in created["files"])
+    assert_uploaded_the_pack(fake, version["body"]["files"], out)  # the new pack's bytes
+    assert fake.count("GetDatasetStatus") == 3 and fake.count("CreateDataset") == 1
+    assert f"uploading {out} as a new version of dataset {REF}" in result.output
+
+
+@pytest.mark.parametrize("failure", ["refused", "upload"])
+def test_a_dataset_kaggle_refuses_or_an_upload_that_fails_is_a_one_line_error(run, fake, tmp_path, failure):
+    if failure == "refused":
+        fake.answers["CreateDataset"] = {"error": "Slug taken"}
+        expected = f"Error: Kaggle refused dataset {REF}: Slug taken"
+    else:  # a PUT of the file's bytes fails: no dataset may be created without that file
+        fake.fail_upload = True
+        expected = f"Error: the kaggle client failed while creating dataset {REF}: ValueError: Upload unsuccessful: "
+    result = CliRunner().invoke(cli, ["pack", "digits", "--runs-dir", str(run.runs), "--run-name", "r1",
+                                      "--folds", "0", "--out", str(tmp_path / "pack"), "--upload"])
+    assert result.exit_code == 1 and type(result.exception) is SystemExit, result.output  # not an uncaught error
+    assert result.output.splitlines()[-1].startswith(expected), result.output
+    assert "Traceback" not in result.output
+    assert fake.count("CreateDataset") == (failure == "refused") and fake.dataset_refs == set()
