@@ -269,12 +269,8 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     else:
         run = places.check_run_name(run or places.agreed_run_id(runs_root, _distributed.rank(),
                                                                 _distributed.world_size()))
-    saved = runs_root / run / "config.json"
-    if saved.is_file() and (resume or recipe_path is None):
-        # a run's later folds (and a resume) use the run's config: only what is given again may differ
-        config = Config.from_dict(json.loads(saved.read_text())).replace(**overrides)
-    else:
-        config = recipe(comp, recipe_path, overrides)
+    # a run's later folds (and a resume) use the run's config: only what is given again may differ
+    config = _run_config(comp, runs_root / run, recipe_path, overrides, resume=resume)
     resolve_device(config.device)
     table, split, assignment = _fold_table(comp, root, config)
     config = _recorded_folds(comp, config, int(assignment.max()) + 1, overrides)
@@ -387,13 +383,24 @@ def train_folds(name: str, spec: str, where: Places, *, overrides: dict[str, Any
         run = places.check_run_name(run or places.agreed_run_id(runs_root, _distributed.rank(),
                                                                 _distributed.world_size()))
     run_dir = runs_root / run
-    chosen = _fold_numbers(comp, root, run_dir, spec, recipe_path, overrides or {})
+    config = _run_config(comp, run_dir, recipe_path, overrides or {}, resume=resume)
+    chosen = _fold_numbers(root, config, spec)
     finished = [k for k in chosen if resume and (run_dir / f"fold{k}" / DONE).is_file()]
     if finished:
         echo(f"run {run}: fold(s) {', '.join(map(str, finished))} already finished")
-    for k in chosen:
-        if k not in finished:
-            train(name, k, where, overrides=overrides, recipe_path=recipe_path, run=run, resume=resume, quiet=quiet)
+    from compkit.loaders import resolve_device
+
+    # Under torchrun one process group serves every fold: an Engine that made its own would leave it at the
+    # end of its fold, and joining again hangs.
+    owns_group = _distributed.start(resolve_device(config.device))
+    try:
+        for k in chosen:
+            if k not in finished:
+                train(name, k, where, overrides=overrides, recipe_path=recipe_path, run=run, resume=resume,
+                      quiet=quiet)
+    finally:
+        if owns_group:
+            _distributed.stop()
     cv = _submit.cross_validation(comp, run_dir, chosen)
     records = _submit.fold_records(run_dir, chosen, allow_unfinished=False)
     echo(f"run {run}: CV {comp.metric} {cv['score']:.5f} over folds {', '.join(map(str, chosen))}\n"
@@ -401,15 +408,21 @@ def train_folds(name: str, spec: str, where: Places, *, overrides: dict[str, Any
     return run_dir
 
 
-def _fold_numbers(comp: Competition, root: Path, run_dir: Path, spec: str, recipe_path: str | Path | None,
-                  overrides: dict[str, Any]) -> list[int]:
+def _run_config(comp: Competition, run_dir: Path, recipe_path: str | Path | None, overrides: dict[str, Any],
+                *, resume: bool = False) -> Config:
+    """The config the run's folds train with: its config.json when it has one (and no other recipe is given,
+    or it resumes), else the recipe."""
+    if (run_dir / "config.json").is_file() and (resume or recipe_path is None):
+        return Config.from_dict(json.loads((run_dir / "config.json").read_text())).replace(**overrides)
+    return recipe(comp, recipe_path, overrides)
+
+
+def _fold_numbers(root: Path, config: Config, spec: str) -> list[int]:
     """The folds ``spec`` names; "all" is every fold of the split (folds.csv, else the config's n_folds)."""
     if (root / folds.FILE_NAME).is_file():
         n_folds = int(folds.read(root)["fold"].max()) + 1
-    elif (run_dir / "config.json").is_file():
-        n_folds = Config.from_dict(json.loads((run_dir / "config.json").read_text())).n_folds
     else:
-        n_folds = recipe(comp, recipe_path, overrides).n_folds
+        n_folds = config.n_folds
     if spec == "all":
         return list(range(n_folds))
     try:

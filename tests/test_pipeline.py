@@ -255,6 +255,21 @@ def test_torchrun_trains_with_two_processes(work, tmp_path):
     assert len(set(oof["ids"])) == len(oof["ids"]) == 288  # each validation sample exactly once
 
 
+@pytest.mark.slow
+def test_torchrun_trains_every_fold_of_a_run_in_one_command(tmp_path):
+    env = {"COMPKIT_DATA_DIR": str(tmp_path / "d"), "COMPKIT_RUNS_DIR": str(tmp_path / "r")}
+    assert invoke("download", "digits", "--demo", env=env).exit_code == 0
+    assert invoke("folds", "digits", "--n-folds", "2", env=env).exit_code == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+               "-m", "compkit", "train", "digits", "--folds", "all", *FAST]
+    environment = {**os.environ, **env, "OMP_NUM_THREADS": "1", "COMPKIT_RUN": "ddp-folds"}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "run ddp-folds: CV accuracy" in result.stdout and "over folds 0, 1" in result.stdout
+    for fold in (0, 1):  # one process group for both folds: the second fold does not hang joining again
+        assert (tmp_path / "r" / "digits" / "ddp-folds" / f"fold{fold}" / "fold.json").is_file()
+
+
 def test_torchrun_processes_agree_on_a_new_run_id(tmp_path, monkeypatch):
     from compkit import places
 
