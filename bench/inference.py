@@ -175,9 +175,12 @@ def main() -> None:
           f"channels_last {size.channels_last}  workers {workers(size)}")  # fmt: skip
     rows = [(mode, *measure(model, images, size, device, mode)) for mode in MODES]
     print(f"\nInference, no TTA, {device.type}: images/s, median; ratio = median of per-pair ratios")
-    print(f"{'data':<12}{'compkit img/s':>15}{'plain img/s':>13}{'compkit/plain':>15}")
+    print(f"{'data':<12}{'compkit img/s':>15}{'plain img/s':>13}{'compkit/plain':>15}{'compkit µs/img':>16}"
+          f"{'plain µs/img':>14}")  # fmt: skip
     for mode, ours, theirs, ratio in rows:
-        print(f"{mode:<12}{ours:>15,.0f}{theirs:>13,.0f}{ratio:>15.3f}")
+        print(
+            f"{mode:<12}{ours:>15,.0f}{theirs:>13,.0f}{ratio:>15.3f}{1e6 / ours:>16.1f}{1e6 / theirs:>14.1f}"
+        )
 
 
 if __name__ == "__main__":

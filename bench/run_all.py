@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BENCHMARKS = ("rle", "tta", "engine_overhead", "data_pipeline", "inference", "gpu_data")
+BENCHMARKS = ("rle", "tta", "engine_overhead", "data_pipeline", "cache_build", "inference", "gpu_data", "threads")
 
 
 @dataclass

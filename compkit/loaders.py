@@ -1,4 +1,4 @@
-"""Data loading for the Engine: per-epoch, per-sample seeding and DDP-aware samplers.
+"""Data loading for the Engine: per-epoch, per-sample seeding, DDP-aware samplers, thread counts.
 
 A sample's augmentation depends only on (seed, epoch, index), never on worker count or history,
 so a resumed run replays an epoch exactly and validation shards are never padded.
@@ -77,6 +77,10 @@ def _seed_sample(dataset: Dataset, seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.default_generator.manual_seed(seed)
+    _seed_transform(dataset, seed)
+
+
+def _seed_transform(dataset: Dataset, seed: int) -> None:
     # albumentations >= 2 keeps its own generators, drawn from OS entropy unless Compose(seed=...),
     # so global seeding alone does not repeat augmentations: reseed a dataset's Compose too.
     for owner in (dataset, getattr(dataset, "transforms", None), getattr(dataset, "transform", None)):
@@ -88,28 +92,44 @@ def _seed_sample(dataset: Dataset, seed: int) -> None:
             return
 
 
+def randomness(dataset: Dataset) -> str:
+    """Where ``dataset``'s items draw random numbers from: "none", "transform" (only the generators of
+    its albumentations transform) or "any" (also the global ones). Datasets say so with a
+    ``randomness()`` method (compkit's ArrayDataset does); any other dataset counts as "any"."""
+    method = getattr(dataset, "randomness", None)
+    return method() if callable(method) else "any"
+
+
 class SeededDataset(Dataset):
     """Wraps ``dataset`` so each sample is drawn under its own seed from ``EpochSampler``.
 
     The same sample then gets the same augmentation whichever worker loads it, and with persistent
-    workers too. Keys may also be plain indices (no reseeding).
+    workers too. Keys may also be plain indices (no reseeding). What is seeded follows
+    ``randomness(dataset)``: nothing for a fixed dataset; in a worker, only the transform's generators
+    when nothing else draws (a worker's global generators serve only its dataset); otherwise the
+    global generators as well.
     """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        self.randomness = randomness(dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
-        if not isinstance(key, tuple):
-            return self.dataset[key]
+        if not isinstance(key, tuple) or self.randomness == "none":
+            return self.dataset[key[0] if isinstance(key, tuple) else key]
         index, seed = key
         if get_worker_info() is not None:
-            _seed_sample(self.dataset, seed)
+            if self.randomness == "transform":
+                _seed_transform(self.dataset, seed)
+            else:
+                _seed_sample(self.dataset, seed)
             return self.dataset[index]
         # Loading in the main process (num_workers=0): leave the model's torch stream (dropout) as it
-        # was, so a run gives the same weights whatever num_workers is.
+        # was, so a run gives the same weights whatever num_workers is. The global numpy stream stays
+        # seeded per sample as before: batch transforms (timm's Mixup) draw from it.
         state = torch.get_rng_state()
         try:
             _seed_sample(self.dataset, seed)
@@ -118,10 +138,75 @@ class SeededDataset(Dataset):
             torch.set_rng_state(state)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask, which containers and taskset narrow."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """DataLoader workers per process: this process's share of the usable cores, at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores // _distributed.local_world_size()))
+    return max(1, min(8, usable_cores() // _distributed.local_world_size()))
+
+
+# torch's intra-op thread count when this module was imported, and the last one choose_threads set:
+# a count that is neither was set by the user.
+_STARTING_THREADS = torch.get_num_threads()
+_chosen_threads: int | None = None
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def main_threads(workers: int) -> int:
+    """torch threads for the main process: its share of the usable cores (os.sched_getaffinity, split
+    between torchrun's local processes), whatever the number of ``workers`` (one thread each).
+
+    Not fewer next to workers: on CPU the thread count changes float rounding, so a run would no
+    longer give the same weights whatever num_workers is, and on an idle 2-core machine one thread
+    next to two mostly idle workers was 0.64x as fast (bench/threads.py; 2.3x faster only while
+    another process held a core).
+    """
+    return max(1, usable_cores() // _distributed.local_world_size())
+
+
+def user_chose_threads() -> bool:
+    """True when the user set torch's thread count: OMP_NUM_THREADS or MKL_NUM_THREADS in the
+    environment, or a torch.set_num_threads call after compkit.loaders was imported (the count is
+    then neither torch's starting one nor compkit's last choice). A call made before that import
+    looks like torch's own default: set OMP_NUM_THREADS instead."""
+    if any(os.environ.get(name, "").strip() for name in THREAD_VARIABLES):
+        return True
+    return torch.get_num_threads() not in (_STARTING_THREADS, _chosen_threads)
+
+
+def choose_threads(workers: int) -> int:
+    """Give the main process ``main_threads(workers)`` torch threads, unless the user chose; returns
+    the count in use.
+
+    torch's default counts every core of the machine, not those this process may use (a container's
+    or torchrun's share): more OpenMP threads than cores wait at every barrier for a descheduled
+    sibling (a U-Net step on a loaded 2-core machine took 2.49 s with the default against 0.105 s with
+    one thread). Each DataLoader worker runs one thread.
+    """
+    global _chosen_threads
+    if not user_chose_threads():
+        _chosen_threads = main_threads(workers)
+        torch.set_num_threads(_chosen_threads)
+    return torch.get_num_threads()
+
+
+def one_thread_per_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one torch thread in each worker, so the workers and the main
+    process together use each core once."""
+    # torch's worker loop does this too; said here so compkit does not depend on it. OpenCV's pool is
+    # left alone: cv2.setNumThreads in a forked worker waits forever on the parent's pool.
+    torch.set_num_threads(1)
+
+
+class ThreadedLoader(DataLoader):
+    """A DataLoader that sets the main process's torch threads for its workers each time it is iterated."""
+
+    def __iter__(self) -> Any:
+        choose_threads(self.num_workers)
+        return super().__iter__()
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -157,7 +242,10 @@ def make_loader(
     """A DataLoader of dict batches; shuffled and without a short last batch when ``train``.
 
     Under torchrun each process gets its share (see ``EpochSampler``). ``num_workers=-1`` picks
-    ``default_workers()``. On CUDA, memory is pinned and workers persist between epochs.
+    ``default_workers()``. On CUDA, memory is pinned and workers persist between epochs. Each worker
+    runs one thread; iterating the loader gives the main process its usable cores (``choose_threads``).
+    Valid and test loaders over a dataset with ``normalized_in_batches`` (compkit's ArrayDataset with
+    a fixed transform ending in Normalize) normalise whole batches instead of each image.
     """
     sampler = EpochSampler(
         len(dataset),
@@ -168,14 +256,24 @@ def make_loader(
     )
     workers = default_workers() if num_workers < 0 else num_workers
     on_cuda = resolve_device(device).type == "cuda"
-    return DataLoader(
+    dataset, collate = _batched(dataset) if not train else (dataset, None)
+    return ThreadedLoader(
         SeededDataset(dataset),
         batch_size=batch_size,
         sampler=sampler,
         drop_last=train,
         num_workers=workers,
+        collate_fn=collate,
         pin_memory=on_cuda,
         persistent_workers=on_cuda and workers > 0,
+        worker_init_fn=one_thread_per_worker,
         # Workers' base seed comes from here instead of the global stream; samples are reseeded anyway.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _batched(dataset: Dataset) -> tuple[Dataset, Any]:
+    """(dataset, collate_fn): the dataset's batch-normalising variant when it has one, else as is."""
+    method = getattr(dataset, "normalized_in_batches", None)
+    split = method() if callable(method) else None
+    return split if split is not None else (dataset, None)

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from compkit.cache import resized_images
+from compkit.cache import CHUNK, chunks, resized_images
 
 
 def write_images(folder, count=5, size=(40, 30)):
@@ -83,3 +83,20 @@ def test_a_memmap_backed_dataset_pickles_as_its_file_name(tmp_path):
     assert len(payload) < images.nbytes  # not the pixels
     again = pickle.loads(payload)
     assert np.array_equal(again[0]["image"].numpy(), dataset[0]["image"].numpy())
+
+
+@pytest.mark.parametrize(("count", "threads"), [(0, 2), (1, 8), (7, 2), (100, 3), (10_000, 8)])
+def test_files_are_cut_into_chunks_that_cover_each_once(count, threads):
+    pieces = chunks(count, threads)
+    assert [index for piece in pieces for index in piece] == list(range(count))
+    assert all(1 <= len(piece) <= CHUNK for piece in pieces)
+    assert len(pieces) >= min(count, 4 * threads)  # every thread has work to the end
+
+
+def test_a_cache_built_in_chunks_by_several_threads_matches_one_thread(tmp_path):
+    paths = write_images(tmp_path, 11)
+    one = np.array(resized_images(paths, 16, tmp_path / "one", workers=1, progress=False))
+    several = resized_images(paths, 16, tmp_path / "several", workers=3, progress=False)
+    expected = [cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (16, 16), interpolation=cv2.INTER_AREA)
+                for p in paths]  # fmt: skip
+    assert np.array_equal(one, several) and np.array_equal(several, np.stack(expected))
