@@ -72,6 +72,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_staging(target: str | os.PathLike, tag: str) -> None:
+    """Remove the ``staging(target, tag)`` folders a killed run left beside ``target``."""
+    import shutil
+
+    target = Path(target)
+    for stale in target.parent.glob(f".{target.name}.{tag}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging(target: str | os.PathLike, tag: str) -> Iterator[Path]:
+    """A new folder beside ``target`` (``.NAME.TAG-xxxx``) to build it in before it moves into place.
+
+    It is removed on every way out; a full disk is a CompkitError naming ``target``.
+    """
+    import shutil
+
+    from compkit.errors import CompkitError
+
+    target = Path(target)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.{tag}-", dir=target.parent))
+    try:
+        yield folder
+    except OSError as error:
+        if is_disk_full(error):
+            raise CompkitError(disk_full_message(target)) from None
+        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file for writing; it replaces ``path`` when the block succeeds."""

@@ -67,10 +67,8 @@ def pack(name: str, where: Places, *, run: str | None = None, fold_spec: str = "
     with _io.locked(target.with_name(f".{target.name}.lock")):
         if target.exists() and not force:
             raise CompkitError(f"{target} already exists; pass --force to replace it, or --out another folder")
-        for stale in target.parent.glob(f".{target.name}.pack-*"):  # left by a killed pack
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.pack-", dir=target.parent))
-        try:
+        _io.remove_stale_staging(target, "pack")  # left by a killed pack
+        with _io.staging(target, "pack") as staging:
             _write_run(comp, run_dir, staging / name / run, folds, records, half)
             _build_wheels(sources, staging / "wheels")
             (staging / "requirements.txt").write_text(requirements(list(sources)), encoding="utf-8")
@@ -83,12 +81,6 @@ def pack(name: str, where: Places, *, run: str | None = None, fold_spec: str = "
             metadata = dataset_metadata(user, name, run)
             (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
             _replace(staging, target)
-        except OSError as error:
-            if _io.is_disk_full(error):
-                raise CompkitError(_io.disk_full_message(target)) from None
-            raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     echo(f"packed {name} run {run}, folds {models}{' (float16)' if half else ''}: "
          f"{target} ({human_size(folder_size(target))})")
     if user == NO_USER:

@@ -76,8 +76,7 @@ def _make_demo(comp: Competition, root: Path, *, force: bool, seed: int) -> Path
     are removed, and a failed one removes its own.
     """
     with _io.locked(root.with_name(f".{root.name}.lock")):
-        for stale in root.parent.glob(f".{root.name}.demo-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        _io.remove_stale_staging(root, "demo")
         if root.exists() and any(root.iterdir()):
             marker = root / ".demo"
             if marker.exists() and not force:
@@ -89,18 +88,11 @@ def _make_demo(comp: Competition, root: Path, *, force: bool, seed: int) -> Path
                 return root
             if not force:
                 raise CompkitError(f"{root} already holds data; pass --force to replace it with demo data")
-        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.demo-", dir=root.parent))
-        try:
+        with _io.staging(root, "demo") as staging:
             comp.make_demo(staging, seed)
             (staging / ".demo").write_text(f"seed={seed}\n", encoding="utf-8")
             shutil.rmtree(root, ignore_errors=True)
             staging.rename(root)
-        except OSError as error:
-            if _io.is_disk_full(error):
-                raise CompkitError(_io.disk_full_message(root)) from None
-            raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     echo(f"wrote demo data for {comp.name} to {root}")
     return root
 
