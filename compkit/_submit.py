@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from compkit import _io, _train, postprocess, registry, submission, tta
+from compkit import _distributed, _io, _train, oof, postprocess, registry, submission, tta
 from compkit.competition import Competition
 from compkit.config import Config
 from compkit.errors import CompkitError
@@ -51,11 +52,10 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
     params = None
     if comp.task == "segmentation":
         params = _postprocess(comp, config, run_dir, cv)
+    cv.pop("oof", None)  # the out-of-fold maps are not needed while the test set is predicted
     test_table = table(comp, root, "test")
     models = [f"fold{k}" for k in folds] + (["full"] if full else [])
-    probabilities = predict(comp, config, root, run_dir, models, test_table, view_mode, device, batch_size)
-    predictions = postprocess.apply(probabilities, params) if params else probabilities
-    frame = comp.submission(test_table, predictions)
+    frame = submission_rows(comp, config, root, run_dir, models, test_table, view_mode, device, batch_size, params)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     # The sidecar claims the name (two submits in one second get two) and is written first: a kill
     # in between leaves a sidecar without its CSV, never a CSV nobody can trace back to its run.
@@ -96,18 +96,30 @@ def _postprocess(comp: Competition, config: Config, run_dir: Path, cv: dict[str,
     """Post-processing chosen on the out-of-fold predictions (saved as postprocess.json), or the saved choice
     when no fold is submitted."""
     saved = run_dir / "postprocess.json"
-    if "targets" not in cv:
+    if "oof" not in cv:
         if not saved.is_file():
             raise CompkitError("the full fit alone has no out-of-fold predictions to choose the post-processing on: "
                                "submit with folds (--folds all,full) once, which saves it")
         params = json.loads(saved.read_text())
         echo(f"post-processing from {saved}: {params}")
         return params
-    chosen = search_sample(len(cv["targets"]), config.seed)
-    params = postprocess.search(cv["probabilities"][chosen], cv["targets"][chosen], triple=comp.triple_threshold)
+    parts = cv["oof"]
+    chosen = search_sample(sum(map(len, parts)), config.seed)
+    params = postprocess.search_chunks(sampled_chunks(parts, chosen), triple=comp.triple_threshold)
     _io.write_text(saved, json.dumps(params, indent=2) + "\n")
     echo(f"post-processing chosen on out-of-fold predictions: {params}")
     return params
+
+
+def sampled_chunks(parts: list[oof.OOF], rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(targets, probabilities) chunks of the ``rows`` (indices into the folds' OOF files, in order,
+    sorted) read from the memory-mapped files a chunk at a time."""
+    start = 0
+    for part in parts:
+        inside = rows[(rows >= start) & (rows < start + len(part))] - start
+        if len(inside):
+            yield from part.chunks(inside)
+        start += len(part)
 
 
 def packed_cv(packed: dict[str, Any], folds: list[int]) -> dict[str, Any]:
@@ -175,20 +187,57 @@ def search_sample(count: int, seed: int, limit: int = SEARCH_LIMIT) -> np.ndarra
     return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
 
 
-def predict(comp: Competition, config: Config, root: Path, run_dir: Path, models: list[str], test_table: Any,
-            view_mode: str, device: str | None, batch_size: int | None) -> np.ndarray:
-    """The mean over ``models`` (fold0, ..., full) of each one's TTA-merged probabilities: (N, C) or (N, H, W)."""
+def submission_rows(comp: Competition, config: Config, root: Path, run_dir: Path, models: list[str],
+                    test_table: Any, view_mode: str, device: str | None, batch_size: int | None,
+                    params: dict[str, Any] | None) -> Any:
+    """The submission frame, a batch of test images at a time: predicted by every model, merged,
+    post-processed with ``params`` and turned into rows by ``comp.submission``, so memory holds one
+    batch of maps (and the rows), whatever the size of the test set."""
+    import pandas as pd
+
+    frames, start = [], 0
+    for probabilities in predict_batches(comp, config, root, run_dir, models, test_table, view_mode, device,
+                                         batch_size):
+        rows = test_table.iloc[start:start + len(probabilities)].reset_index(drop=True)
+        predictions = postprocess.apply(probabilities, params) if params else probabilities
+        frames.append(comp.submission(rows, predictions))
+        start += len(probabilities)
+    if not frames:
+        raise CompkitError(f"{comp.name}'s test table has no rows: nothing to predict")
+    return pd.concat(frames, ignore_index=True)
+
+
+def predict_batches(comp: Competition, config: Config, root: Path, run_dir: Path, models: list[str],
+                    test_table: Any, view_mode: str, device: str | None,
+                    batch_size: int | None) -> Iterator[np.ndarray]:
+    """Per test batch, in order, the mean over ``models`` (fold0, ..., full) of each one's TTA-merged
+    probabilities, (B, C) or (B, H, W): the test set is read once and every model predicts each batch."""
+    if _distributed.world_size() > 1:
+        raise CompkitError("submit predicts in one process; run it without torchrun")
     loader = _train.loader(comp, test_table, root, "test", config, batch_size=batch_size, device=device)
     views = tta.views(view_mode)
-    total = None
+    engines = []
     for name in models:
         model = registry.get().model(config.model, comp.num_classes, comp.in_channels, pretrained=False)
         engine = _train.make_engine(comp, config, model, device=device)
         engine.load(run_dir / name / "best.pt")
-        probabilities = engine.predict(loader, views=views)
-        total = probabilities if total is None else total + probabilities
-        echo(f"predicted {len(test_table)} test samples with {name.replace('fold', 'fold ')} (tta {view_mode})")
-    return total / len(models)
+        engines.append(engine)
+    names = ", ".join(name.replace("fold", "fold ") for name in models)
+    with engines[0]._progress(loader, f"predict ({len(models)} model{'s' * (len(models) > 1)})") as progress:
+        for batch in progress:
+            total = None
+            for engine in engines:
+                probabilities = engine.predict_batch(batch["image"], views)
+                total = probabilities if total is None else total + probabilities
+            yield (total / len(engines)).cpu().numpy()
+    echo(f"predicted {len(test_table)} test samples with {names} (tta {view_mode})")
+
+
+def predict(comp: Competition, config: Config, root: Path, run_dir: Path, models: list[str], test_table: Any,
+            view_mode: str, device: str | None, batch_size: int | None) -> np.ndarray:
+    """The mean over ``models`` (fold0, ..., full) of each one's TTA-merged probabilities: (N, C) or (N, H, W)."""
+    batches = list(predict_batches(comp, config, root, run_dir, models, test_table, view_mode, device, batch_size))
+    return np.concatenate(batches) if batches else np.zeros((0,), dtype=np.float32)
 
 
 def code_version(comp: Competition) -> dict[str, str]:

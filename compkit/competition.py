@@ -6,6 +6,7 @@ a default that fits a plain image-classification competition. Importing this loa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -107,6 +108,16 @@ class Competition:
         if function is None:
             raise CompkitError(f"{self.name}: no metric {self.metric!r} in compkit.metrics; override score()")
         return float(function(targets, predictions))
+
+    def image_scores(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+        """The score per sample, ``f(targets, probabilities) -> (N,)``, when ``score`` is its mean over
+        samples (then the CV is computed a chunk of images at a time); None otherwise. The default
+        knows ``compkit.metrics.PER_IMAGE`` (Dice) and gives None when ``score`` is overridden."""
+        from compkit import metrics
+
+        if type(self).score is not Competition.score:
+            return None
+        return metrics.PER_IMAGE.get(self.metric.replace("-", "_"))
 
     def submission(self, test_table: pd.DataFrame, predictions: np.ndarray) -> pd.DataFrame:
         """Submission rows: the id and the predicted class name."""

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from compkit import _distributed, _io
+from compkit import _distributed, _io, oof
 from compkit.errors import CompkitError
 from compkit.loaders import (  # noqa: F401 - re-exported: the loader API is part of the Engine's
     EpochSampler,
@@ -252,6 +252,7 @@ class Engine:
         """
         run = _Run(metric, higher_is_better, out_dir, dict(config or {}), valid_ids, score, on_epoch_end)
         self._check_fit(train_loader, run, resume)
+        self._best_valid: tuple[int, Predictions] | None = None  # the kept epoch's predictions, until written
         state = self._resume(run) if resume else FitState()
         epoch = state.epoch
         try:
@@ -260,9 +261,12 @@ class Engine:
                     break
                 self._fit_epoch(epoch, epochs, train_loader, valid_loader, run, state, patience)
         except KeyboardInterrupt:
+            self._write_best_oof(run)  # the best epoch's predictions so far are not lost
             raise CompkitError(self._interrupted_message(epoch, state, run)) from None
         if self.swa is not None and valid_loader is not None and int(self.swa.n_averaged) > 1:
             self._finish_swa(train_loader, valid_loader, run, state, epochs)
+        if valid_loader is not None:
+            self._write_final_oof(valid_loader, run, state)
         if state.best_epoch and valid_loader is not None:
             self._say(_best_line(state, run.metric))
         return {
@@ -341,7 +345,9 @@ class Engine:
         state.history.append(row)
         self._check_divergence(state.history)
         if self.main:
-            self._write_epoch(run, state, improved, valid if improved else None)
+            if improved and valid is not None:
+                self._best_valid = (epoch, valid)
+            self._write_epoch(run, state, improved)
             self._say(_summary_line(row, epochs, run.metric, improved, state.stopped_early, state.history))
             if run.on_epoch_end is not None:
                 run.on_epoch_end(epoch, dict(row))
@@ -365,7 +371,7 @@ class Engine:
             state.best_score = value
             if self.main and run.out_dir is not None:
                 _io.torch_save(self._checkpoint(state, run, full=False), run.out_dir / "best.pt")
-                _write_oof(run.out_dir / "oof.npz", valid, run.valid_ids)
+            self._best_valid = None if valid is None else (state.best_epoch, valid)
         else:
             target.load_state_dict(kept)
 
@@ -544,7 +550,7 @@ class Engine:
 
     def _evaluate(self, loader: DataLoader) -> Predictions | None:
         """Validation predictions of all processes on rank 0, float16; None elsewhere."""
-        shard = self._infer(loader, dtype=torch.float16, with_targets=True)
+        shard = self._infer(loader, dtype=torch.float16, with_targets=True, compact=True)
         shards = _distributed.gather_to_main(shard)
         return None if shards is None else _merge(shards)
 
@@ -556,8 +562,8 @@ class Engine:
                 raise CompkitError(
                     f"valid_ids has {len(run.valid_ids)} ids for {len(valid.probabilities)} validation samples"
                 )
-            # Scored on the float16 values that oof.npz keeps, so the file reproduces this score exactly.
-            value = float(run.score(valid.targets, valid.probabilities.astype(np.float32)))
+            # Scored on the values that oof.npz keeps, so the file reproduces this score exactly.
+            value = float(run.score(valid.targets, oof.dequantise(valid.probabilities)))
             result = (value, valid.loss_sum / max(1, valid.count))
         return _distributed.broadcast(result)
 
@@ -570,6 +576,26 @@ class Engine:
         shard = self._infer(loader, dtype=torch.float32, with_targets=False, views=views)
         return _merge(_distributed.all_gather(shard)).probabilities
 
+    def predict_batch(self, images: torch.Tensor, views: Sequence[Any] | None = None) -> torch.Tensor:
+        """float32 probabilities of one batch of images (on the device), as ``predict`` gives them per
+        sample: (B, C), or (B, H, W) for a one-channel dense output."""
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
+        with torch.inference_mode(), self._autocast():
+            output, _ = self._forward(model, self._to_device(images), views)
+        output = output.float()
+        return output[:, 0] if output.ndim == 4 and output.shape[1] == 1 else output
+
+    def _forward(self, model: nn.Module, images: torch.Tensor,
+                 views: Sequence[Any] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(probabilities, logits: None under TTA, whose views each have their own)."""
+        if views:
+            from compkit import tta
+
+            return tta.predict(lambda x: self._activate(model(x)), images, views), None
+        logits = model(images)
+        return self._activate(logits), logits
+
     def _infer(
         self,
         loader: DataLoader,
@@ -577,8 +603,13 @@ class Engine:
         dtype: torch.dtype,
         with_targets: bool,
         views: Sequence[Any] | None = None,
+        compact: bool = False,
     ) -> Predictions:
-        """This process's probabilities (and targets and loss sum when ``with_targets``) over ``loader``."""
+        """This process's probabilities (and targets and loss sum when ``with_targets``) over ``loader``.
+
+        ``compact``: dense outputs kept as oof.npz stores them, probabilities uint8 (1/255 steps) and
+        integral masks uint8, so a validation fold of 512 px images takes 2 bytes a pixel, not 4 to 8.
+        """
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
         probabilities, targets, loss_sum, count = [], [], torch.zeros((), device=self.device), 0
@@ -586,19 +617,17 @@ class Engine:
         with torch.inference_mode(), self._autocast(), progress:
             for batch in progress:
                 images = self._to_device(batch["image"])
-                if views:
-                    from compkit import tta
-
-                    output = tta.predict(lambda x: self._activate(model(x)), images, views)
-                else:
-                    logits = model(images)
-                    output = self._activate(logits)
+                output, logits = self._forward(model, images, views)
                 if with_targets:
                     target = self._to_device(batch["target"])
                     if self.loss is not None and not views:
                         loss_sum += self.loss(logits.float(), target).float() * len(images)
-                    targets.append(_squeeze(target.cpu().numpy()))
-                probabilities.append(_squeeze(output.to(dtype).cpu().numpy()))
+                    targets.append(_squeeze(_compact_target(target) if compact else target).cpu().numpy())
+                if compact and output.ndim == 4:
+                    output = output.clamp(0, 1).mul(oof.SCALE).round().to(torch.uint8)  # oof.quantise on the device
+                else:
+                    output = output.to(dtype)
+                probabilities.append(_squeeze(output.cpu().numpy()))
                 count += len(images)
         return Predictions(
             probabilities=_concatenate(probabilities),
@@ -668,6 +697,34 @@ class Engine:
             self.ema.module.load_state_dict(weights)
         return checkpoint
 
+    def _write_best_oof(self, run: _Run) -> bool:
+        """Write the kept epoch's validation predictions, if this process holds them; True when written."""
+        if self._best_valid is None or run.out_dir is None or not self.main:
+            return False
+        epoch, predictions = self._best_valid
+        _write_oof(run.out_dir / "oof.npz", predictions, run.valid_ids, epoch=epoch)
+        self._best_valid = None
+        return True
+
+    def _write_final_oof(self, valid_loader: DataLoader, run: _Run, state: FitState) -> None:
+        """oof.npz for best.pt's epoch. A run resumed after its best epoch no longer holds those
+        predictions; unless oof.npz already has them (written when it was interrupted), best.pt
+        predicts the validation fold again."""
+        if run.out_dir is None or not state.best_epoch:
+            return
+        written = self._write_best_oof(run)
+        stale = self.main and not written and oof.stored_epoch(run.out_dir / "oof.npz") != state.best_epoch
+        if not _distributed.broadcast(stale):
+            return
+        modules = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        kept = [{key: value.detach().clone() for key, value in module.state_dict().items()} for module in modules]
+        self.load(run.out_dir / "best.pt")
+        valid = self._evaluate(valid_loader)
+        for module, weights in zip(modules, kept):  # the Engine ends as fit left it: the last epoch's weights
+            module.load_state_dict(weights)
+        if self.main:
+            _write_oof(run.out_dir / "oof.npz", valid, run.valid_ids, epoch=state.best_epoch)
+
     def _resume(self, run: _Run) -> FitState:
         """Restore weights, optimizer, schedule, scaler, EMA and progress from out_dir/last.pt."""
         path = run.out_dir / "last.pt"
@@ -699,14 +756,16 @@ class Engine:
             stopped_early=checkpoint["stopped_early"],
         )
 
-    def _write_epoch(self, run: _Run, state: FitState, improved: bool, best: Predictions | None) -> None:
-        """Write this epoch's files; last.pt goes last, so a crash never leaves it ahead of the others."""
+    def _write_epoch(self, run: _Run, state: FitState, improved: bool) -> None:
+        """Write this epoch's files; last.pt goes last, so a crash never leaves it ahead of the others.
+
+        oof.npz is not among them: a SIIM fold's is a gigabyte, so it is written once, for the epoch
+        that stays best (``_write_final_oof``), or when training is interrupted.
+        """
         if run.out_dir is None:
             return
         if improved:
             _io.torch_save(self._checkpoint(state, run, full=False), run.out_dir / "best.pt")
-        if best is not None:
-            _write_oof(run.out_dir / "oof.npz", best, run.valid_ids)
         _io.write_csv(run.out_dir / "metrics.csv", _frame(state.history))
         _write_curves(run.out_dir / "curves.png", state.history, run.metric, state.best_epoch)
         _io.torch_save(self._checkpoint(state, run, full=True), run.out_dir / "last.pt")
@@ -762,23 +821,13 @@ class _LossWindow:
         return losses, total / max(1, count)
 
 
-def _since(started: float) -> float:
-    return max(time.perf_counter() - started, 1e-9)
-
-
-def _best_loss(state: FitState) -> float:
-    """The validation loss of the best epoch so far (inf when there is none)."""
-    rows = [row for row in state.history if row["epoch"] == state.best_epoch]
-    return rows[0]["valid_loss"] if rows else math.inf
-
-
-def _improved(value: float, best: float | None, higher_is_better: bool) -> bool:
-    """Is ``value`` better than ``best``? A NaN score never beats a real one."""
-    if math.isnan(value):
-        return best is None
-    if best is None or math.isnan(best):
-        return True
-    return value > best if higher_is_better else value < best
+def _compact_target(target: torch.Tensor) -> torch.Tensor:
+    """A dense floating target that holds only integers 0..255 (a mask) as uint8; any other as it is."""
+    if target.ndim < 3 or not target.is_floating_point():
+        return target
+    if bool(((target == target.round()) & (target >= 0) & (target <= 255)).all()):
+        return target.to(torch.uint8)
+    return target.half()
 
 
 def _squeeze(array: np.ndarray) -> np.ndarray:
@@ -834,15 +883,12 @@ def _frame(history: list[dict[str, Any]]) -> Any:
     return pd.DataFrame(history)
 
 
-def _write_oof(path: Path, predictions: Predictions, valid_ids: Sequence[str] | None) -> None:
-    """oof.npz: ids (str), probabilities (float16), targets (float16 if floating, else as is)."""
+def _write_oof(path: Path, predictions: Predictions, valid_ids: Sequence[str] | None,
+               epoch: int | None = None) -> None:
+    """oof.npz (``compkit.oof``): ids, probabilities and targets, compact; ``epoch`` they come from."""
     count = len(predictions.probabilities)
-    ids = np.asarray(valid_ids if valid_ids is not None else range(count)).astype(str)
-    targets = predictions.targets
-    if np.issubdtype(targets.dtype, np.floating):
-        targets = targets.astype(np.float16)  # masks and soft labels; halves a segmentation fold's file
-    with _io.atomic_open(path, "wb") as handle:  # a file object: np.savez would append .npz to a path
-        np.savez(handle, ids=ids, probabilities=predictions.probabilities, targets=targets)
+    ids = valid_ids if valid_ids is not None else [str(i) for i in range(count)]
+    oof.write(path, ids, predictions.probabilities, predictions.targets, epoch=epoch)
 
 
 def _write_curves(path: Path, history: list[dict[str, Any]], metric: str, best_epoch: int) -> None:

@@ -62,6 +62,11 @@ def dice(targets: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5)
     return float(dice_per_image(targets, probabilities, threshold).mean())
 
 
+# Metrics that are a mean over samples, by name: their per-sample form (the CV of a huge OOF stack is
+# then computed in chunks).
+PER_IMAGE = {"dice": dice_per_image}
+
+
 def dice_from_counts(intersection: np.ndarray, total: np.ndarray) -> np.ndarray:
     """Dice 2 * |A & B| / (|A| + |B|) from pixel counts, any shape; 1 where both masks are empty."""
     intersection, total = np.asarray(intersection, dtype=np.float64), np.asarray(total, dtype=np.float64)

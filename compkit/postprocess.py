@@ -4,6 +4,7 @@ and the SIIM winners' rule (an image stays empty unless enough pixels pass a hig
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ DEFAULT_TOP_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 # Component and top-pixel sizes as fractions of the image area, so one grid fits every resolution
 # (at 1024x1024: 512 to 8192 pixels; the SIIM winners used 2048 at 1024).
 AREA_FRACTIONS = (1 / 2048, 1 / 1024, 1 / 512, 1 / 256, 1 / 128)
+CHUNK_PIXELS = 1 << 24  # the search counts this many pixels' worth of images at a time
 
 
 def apply(probabilities: np.ndarray, params: dict[str, Any]) -> np.ndarray:
@@ -63,19 +65,53 @@ def search(
     ``DEFAULT_TOP_THRESHOLDS`` and at least 1 pixel or ``AREA_FRACTIONS`` of the area. Returns the
     params plus ``"score"``; ties go to the earliest grid point (lowest threshold and area).
     """
-    probabilities = _check_stack(probabilities, "probabilities")
-    truth = _check_stack(targets, "targets") > 0.5
-    if truth.shape != probabilities.shape:
-        raise CompkitError(f"targets {truth.shape} and probabilities {probabilities.shape} differ in shape")
-    if not len(truth):
-        raise CompkitError("post-processing search needs at least one image of out-of-fold predictions")
-    area = probabilities.shape[1] * probabilities.shape[2]
+    probabilities, targets = _check_stack(probabilities, "probabilities"), _check_stack(targets, "targets")
+    if targets.shape != probabilities.shape:
+        raise CompkitError(f"targets {targets.shape} and probabilities {probabilities.shape} differ in shape")
+    step = max(1, CHUNK_PIXELS // max(1, probabilities[0].size)) if len(probabilities) else 1
+    chunks = ((targets[start:start + step], probabilities[start:start + step])
+              for start in range(0, len(probabilities), step))
+    return search_chunks(chunks, thresholds, min_areas, triple)
+
+
+def search_chunks(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    thresholds: Any = None,
+    min_areas: Any = None,
+    triple: bool = False,
+) -> dict[str, Any]:
+    """:func:`search` over (targets, probabilities) chunks of images, one chunk in memory at a time.
+
+    Every count the search needs is per image (components never cross images), so the result is
+    the same as for the whole stack at once.
+    """
     thresholds = DEFAULT_THRESHOLDS if thresholds is None else thresholds
-    min_areas = (0, *_fractions_of(area)) if min_areas is None else min_areas
-    intersections, predicted = _grid_counts(probabilities, truth, thresholds, min_areas)
-    true_counts = np.count_nonzero(truth.reshape(len(truth), -1), axis=1)
+    counts: dict[str, list[np.ndarray]] = {"intersections": [], "predicted": [], "truth": [], "top": []}
+    area = None
+    for targets, probabilities in chunks:
+        probabilities = _check_stack(np.asarray(probabilities, dtype=np.float32), "probabilities")
+        truth = _check_stack(np.asarray(targets), "targets") > 0.5
+        if truth.shape != probabilities.shape:
+            raise CompkitError(f"targets {truth.shape} and probabilities {probabilities.shape} differ in shape")
+        if area not in (None, probabilities[0].size):
+            raise CompkitError(f"post-processing search needs images of one size; got {probabilities.shape[1:]} "
+                               f"after images of {area} pixels")
+        area = probabilities.shape[1] * probabilities.shape[2]
+        if min_areas is None:
+            min_areas = (0, *_fractions_of(area))
+        intersections, predicted = _grid_counts(probabilities, truth, thresholds, min_areas)
+        counts["intersections"].append(intersections)
+        counts["predicted"].append(predicted)
+        counts["truth"].append(np.count_nonzero(truth.reshape(len(truth), -1), axis=1))
+        if triple:
+            counts["top"].append(np.stack([_top_counts(probabilities, top) for top in DEFAULT_TOP_THRESHOLDS]))
+    if area is None:
+        raise CompkitError("post-processing search needs at least one image of out-of-fold predictions")
+    intersections, predicted = np.concatenate(counts["intersections"], -1), np.concatenate(counts["predicted"], -1)
+    true_counts = np.concatenate(counts["truth"])
+    top_counts = np.concatenate(counts["top"], -1) if triple else None
     best = {"score": -1.0}
-    for gate_params, gate in _gates(probabilities, triple):
+    for gate_params, gate in _gates(top_counts, area, len(true_counts)):
         # (T, A) mean Dice; a gated-off image predicts nothing.
         scores = dice_from_counts(intersections * gate, predicted * gate + true_counts).mean(axis=-1)
         t, a = np.unravel_index(np.argmax(scores), scores.shape)
@@ -111,14 +147,13 @@ def _kept_counts(masks: np.ndarray, truth: np.ndarray, min_areas: Any) -> tuple[
     return np.array(kept_overlaps, dtype=np.int64), np.array(kept_sizes, dtype=np.int64)
 
 
-def _gates(probabilities: np.ndarray, triple: bool) -> list[tuple[dict[str, Any], np.ndarray]]:
-    """Winners' rule params and which images (bool (N,)) pass them; one all-pass gate without ``triple``."""
-    if not triple:
-        return [({}, np.ones(len(probabilities), dtype=bool))]
-    area = probabilities.shape[1] * probabilities.shape[2]
+def _gates(top_counts: np.ndarray | None, area: int, images: int) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """Winners' rule params and which images (bool (N,)) pass them, from the pixels above each top
+    threshold per image ((len(DEFAULT_TOP_THRESHOLDS), N)); one all-pass gate when that is None."""
+    if top_counts is None:
+        return [({}, np.ones(images, dtype=bool))]
     gates = []
-    for top_threshold in DEFAULT_TOP_THRESHOLDS:
-        counts = _top_counts(probabilities, top_threshold)
+    for top_threshold, counts in zip(DEFAULT_TOP_THRESHOLDS, top_counts):
         for pixels in sorted({1, *_fractions_of(area)}):
             gates.append(({"top_threshold": top_threshold, "min_top_pixels": pixels}, counts >= pixels))
     return gates

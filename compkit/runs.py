@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from compkit import places
+from compkit import oof, places
 from compkit.competition import Competition
 from compkit.config import Config
 from compkit.errors import CompkitError
@@ -111,14 +111,23 @@ def best_so_far(comp: Competition, path: Path) -> float | None:
 
 
 def cross_validation(comp: Competition, run_dir: Path, folds: list[int]) -> dict[str, Any]:
-    """The CV score from the out-of-fold predictions of ``folds``, overall and per fold (torch-free, so
-    the runs table can use it; submit does too)."""
-    parts = [np.load(run_dir / f"fold{k}" / "oof.npz", allow_pickle=False) for k in folds]
-    scores = {k: comp.score(p["targets"], p["probabilities"].astype(np.float32)) for k, p in zip(folds, parts)}
-    probabilities = np.concatenate([p["probabilities"] for p in parts]).astype(np.float32)
-    targets = np.concatenate([p["targets"] for p in parts])
-    return {"score": comp.score(targets, probabilities), "folds": scores,
-            "probabilities": probabilities, "targets": targets}
+    """The CV score from the out-of-fold predictions of ``folds``, overall and per fold, and the folds'
+    ``oof`` files (memory-mapped ``compkit.oof.OOF``s), torch-free so that the runs table can use it.
+
+    A score that is a mean over images (Dice) is computed a chunk of images at a time, so a SIIM-sized
+    OOF stack is never in memory at once; any other score gets the whole arrays.
+    """
+    parts = {k: oof.load(run_dir / f"fold{k}" / "oof.npz") for k in folds}
+    per_image = comp.image_scores()
+    if per_image is not None:
+        values = {k: np.concatenate([per_image(t, p) for t, p in part.chunks()]) for k, part in parts.items()}
+        scores = {k: float(v.mean()) for k, v in values.items()}
+        score = float(np.concatenate(list(values.values())).mean())
+    else:
+        scores = {k: comp.score(np.asarray(p.targets), p.probabilities()) for k, p in parts.items()}
+        score = comp.score(np.concatenate([np.asarray(p.targets) for p in parts.values()]),
+                           np.concatenate([p.probabilities() for p in parts.values()]))
+    return {"score": score, "folds": scores, "oof": list(parts.values())}
 
 
 def oof_score(comp: Competition, run_dir: Path, folds: list[int]) -> float:

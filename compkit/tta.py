@@ -15,6 +15,9 @@ from torch import Tensor
 from compkit.errors import CompkitError
 
 
+BATCH_PIXELS = 32 * 512 * 512  # at most this many input pixels (per channel) in one batched TTA call
+
+
 @dataclass(frozen=True)
 class View:
     """One test-time view: ``forward`` and ``inverse`` map ``[B, C, H, W]`` to ``[B, C, H', W']``."""
@@ -92,18 +95,37 @@ def predict(fn: Callable[[Tensor], Tensor], images: Tensor, views: Sequence[View
     ``images``: ``[B, C, H, W]``. ``fn`` maps ``[B, C, H, W]`` to PROBABILITIES, either ``[B, K]``
     (or any shape that is not 4-D; merged as is) or a map ``[B, K, H', W']`` (inverted with its
     view, whatever its resolution). Returns the mean, same shape, float32 at least.
+
+    On CUDA the views go through ``fn`` together, as one batch of up to ``BATCH_PIXELS`` input
+    pixels (a GPU is busier with one large batch than with k small ones), and an out-of-memory
+    error there falls back to one view at a time. On the CPU a batch k times larger was measured
+    2-3x slower than k calls (it leaves the caches), so each view is its own call. ``fn`` must
+    treat samples independently (eval mode).
     """
     if not views:
         raise CompkitError("TTA needs at least one view; use views('none') for plain prediction")
     _check_square(images, views)
+    pixels = images[0].numel() // images.shape[1] * len(images)
+    group = max(1, BATCH_PIXELS // max(1, pixels)) if images.is_cuda else 1
     total = None
-    for view in views:
-        output = fn(view.forward(images))
-        if output.ndim == 4:
-            output = view.inverse(output)
-        output = output.to(torch.promote_types(output.dtype, torch.float32))
-        total = output if total is None else total + output
+    for start in range(0, len(views), group):
+        for view, output in _outputs(fn, images, views[start:start + group]):
+            if output.ndim == 4:
+                output = view.inverse(output)
+            output = output.to(torch.promote_types(output.dtype, torch.float32))
+            total = output if total is None else total + output
     return total / len(views)
+
+
+def _outputs(fn: Callable[[Tensor], Tensor], images: Tensor, views: Sequence[View]) -> list[tuple[View, Tensor]]:
+    """(view, fn's output for it) for each view: one batched call, or one call per view."""
+    inputs = [view.forward(images) for view in views]
+    if len(views) > 1 and all(tensor.shape == inputs[0].shape for tensor in inputs):
+        try:
+            return list(zip(views, fn(torch.cat(inputs)).split(len(images)), strict=True))
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+    return [(view, fn(tensor)) for view, tensor in zip(views, inputs, strict=True)]
 
 
 def _check_square(images: Tensor, views: Sequence[View]) -> None:

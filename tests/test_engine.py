@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from compkit import engine, optim, tta
+from compkit import engine, oof, optim, tta
 from compkit.config import Config
 from compkit.errors import CompkitError
 
@@ -193,13 +193,16 @@ def test_dense_output_is_squeezed_for_score_and_oof(tmp_path):
     trainer = build(segmenter, nn.BCEWithLogitsLoss(), activation="sigmoid")
     result = trainer.fit(train, valid, epochs=2, score=dice, metric="dice", out_dir=tmp_path)
     assert seen["shapes"] == ((11, 8, 8), (11, 8, 8))
-    oof = np.load(tmp_path / "oof.npz")
-    assert oof["probabilities"].shape == (11, 8, 8) and oof["targets"].shape == (11, 8, 8)
-    assert (
-        dice(oof["targets"].astype(np.float32), oof["probabilities"].astype(np.float32))
-        == result["best_score"]
-    )
-    assert trainer.predict(valid).shape == (11, 8, 8)
+    stored = np.load(tmp_path / "oof.npz")
+    assert stored["probabilities"].shape == (11, 8, 8) and stored["targets"].shape == (11, 8, 8)
+    # compact: probabilities in 1/255 steps and the 0/1 masks as uint8, 2 bytes a pixel
+    assert stored["probabilities"].dtype == stored["targets"].dtype == np.uint8
+    assert int(stored["epoch"]) == result["best_epoch"]
+    saved = oof.load(tmp_path / "oof.npz")
+    assert dice(np.asarray(saved.targets, np.float32), saved.probabilities()) == result["best_score"]
+    predicted = trainer.predict(valid)  # the last epoch is the best here, so it predicts what oof.npz holds
+    assert predicted.shape == (11, 8, 8)
+    np.testing.assert_allclose(saved.probabilities(), predicted, atol=0.5 / 255 + 1e-6)
 
 
 @pytest.mark.parametrize(
@@ -401,6 +404,10 @@ def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(tmp_path):
         without_timings(whole / "metrics.csv"), without_timings(killed / "metrics.csv")
     )
     assert len(pd.read_csv(killed / "metrics.csv")) == 4
+    # oof.npz is written once, at the end: the killed run had none, the resumed one has the same
+    expected, actual = np.load(whole / "oof.npz"), np.load(killed / "oof.npz")
+    assert int(actual["epoch"]) == int(expected["epoch"]) == torch.load(whole / "best.pt", weights_only=True)["epoch"]
+    np.testing.assert_array_equal(expected["probabilities"], actual["probabilities"])
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path):
@@ -411,6 +418,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     assert process.returncode == 3, errors  # the worker's exit code for a CompkitError
     assert "interrupted in epoch 2" in errors and "holds epoch 1" in errors and "resume" in errors
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+    assert int(np.load(tmp_path / "oof.npz")["epoch"]) == 1  # the best epoch's predictions were kept
 
 
 @pytest.mark.cuda
@@ -435,3 +443,36 @@ def test_a_tied_score_keeps_the_epoch_with_the_lower_validation_loss(tmp_path):
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert metrics["auc"].nunique() == 1  # the score never moves
     assert result["best_epoch"] == int(metrics["epoch"][metrics["valid_loss"].idxmin()])
+
+
+def scripted(values):
+    """A score function that returns ``values`` in turn, one per validation."""
+    remaining = list(values)
+    return lambda targets, probabilities: remaining.pop(0)
+
+
+def test_oof_is_written_once_for_the_epoch_that_stays_best(tmp_path, monkeypatch):
+    writes = []
+    real_write = engine.oof.write
+    monkeypatch.setattr(engine.oof, "write", lambda *args, **kw: (writes.append(kw["epoch"]), real_write(*args, **kw)))
+    train, valid = loaders()
+    result = build(epochs=3).fit(train, valid, epochs=3, score=scripted([0.5, 0.7, 0.6]), out_dir=tmp_path)
+    assert result["best_epoch"] == 2 and writes == [2]  # epochs 1 and 2 both improved; one write
+    assert int(np.load(tmp_path / "oof.npz")["epoch"]) == 2
+
+
+def test_a_run_resumed_after_its_best_epoch_predicts_the_oof_again_from_best_pt(tmp_path):
+    train, valid = loaders()
+    build(epochs=3).fit(train, valid, epochs=2, score=scripted([0.5, 0.9]), out_dir=tmp_path)
+    (tmp_path / "oof.npz").unlink()  # as after a kill before the end of the run
+    trainer = build(epochs=3)
+    result = trainer.fit(train, valid, epochs=3, score=scripted([0.1]), out_dir=tmp_path, resume=True)
+    assert result["best_epoch"] == 2
+    saved = np.load(tmp_path / "oof.npz")
+    assert int(saved["epoch"]) == 2
+    last = trainer.predict(valid)  # the Engine still holds the last epoch's weights, not best.pt's
+    check = build(epochs=3)
+    check.load(tmp_path / "best.pt")
+    best = check.predict(valid)
+    np.testing.assert_allclose(saved["probabilities"].astype(np.float32), best, atol=1e-3)
+    assert not np.allclose(last, best, atol=1e-3)

@@ -186,7 +186,8 @@ def test_a_segmentation_pack_carries_the_post_processing_submit_chooses(tmp_path
     out = packing.pack("siim", where, run="s1", fold_spec="0", out=tmp_path / "pack")
     chosen = json.loads((out / "siim" / "s1" / "postprocess.json").read_text())
     cv = _submit.cross_validation(comp, run_dir, [0])
-    expected = postprocess.search(cv["probabilities"], cv["targets"], triple=True)
+    (saved,) = cv["oof"]
+    expected = postprocess.search(saved.probabilities(), np.asarray(saved.targets), triple=True)
     assert chosen == json.loads(json.dumps(expected))
     packed_cv = _submit.packed_cv(json.loads((out / "siim" / "s1" / "packed.json").read_text()), [0])
     assert "targets" not in packed_cv

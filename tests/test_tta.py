@@ -141,3 +141,49 @@ def test_unknown_mode_lists_the_options():
 def test_no_views_raises():
     with pytest.raises(CompkitError, match="at least one view"):
         tta.predict(quadrant_classifier, images(), ())
+
+
+class CudaLike(torch.Tensor):
+    """A CPU tensor that says it is on CUDA, for the batching rule (CI has no GPU)."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+def test_views_go_through_the_model_as_one_batch_within_the_pixel_budget(monkeypatch):
+    images = torch.randn(2, 3, 8, 8).as_subclass(CudaLike)
+    seen = []
+
+    def model(x):
+        seen.append(len(x))
+        return torch.sigmoid(x[:, :1] * 2)
+
+    merged = tta.predict(model, images, tta.views("d4"))
+    assert seen == [16]  # 8 views x 2 images, one call
+    seen.clear()
+    monkeypatch.setattr(tta, "BATCH_PIXELS", 3 * 2 * 8 * 8)  # three views' worth
+    assert torch.allclose(tta.predict(model, images, tta.views("d4")), merged, atol=1e-6)
+    assert seen == [6, 6, 4]  # 3 + 3 + 2 views of 2 images
+    seen.clear()
+    expected = sum(v.inverse(model(v.forward(images))) for v in tta.views("d4")) / 8
+    assert torch.allclose(merged, expected, atol=1e-6)
+    seen.clear()
+    tta.predict(model, images.as_subclass(torch.Tensor), tta.views("d4"))
+    assert seen == [2] * 8  # on the CPU, one call per view
+
+
+def test_out_of_memory_on_the_batched_views_falls_back_to_one_view_at_a_time(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    images = torch.randn(2, 3, 8, 8).as_subclass(CudaLike)
+    sizes = []
+
+    def model(x):
+        sizes.append(len(x))
+        if len(x) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return x.mean(dim=(1, 2, 3)).sigmoid()[:, None]
+
+    merged = tta.predict(model, images, tta.views("flips"))
+    assert sizes == [6, 2, 2, 2]
+    assert merged.shape == (2, 1)

@@ -1,0 +1,78 @@
+"""submit reads the test set once, predicts each batch with every fold and writes the rows a batch at a
+time; what it writes is what averaging each fold's own full prediction gives."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from compkit import _submit, _train, registry
+from compkit.cli import cli
+from compkit.config import Config
+from compkit.pipeline import table
+
+FAST = ["--epochs", "1", "--batch-size", "64", "--device", "cpu", "--quiet", "--set", "num_workers=0",
+        "--set", "model=timm/resnet10t", "--set", "precise_bn=0"]
+
+
+def invoke(*args, env):
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("stream")
+    env = {"COMPKIT_DATA_DIR": str(tmp_path / "d"), "COMPKIT_RUNS_DIR": str(tmp_path / "r"),
+           "COMPKIT_SUBMISSIONS_DIR": str(tmp_path / "s")}
+    assert invoke("download", "digits", "--demo", env=env).exit_code == 0
+    assert invoke("folds", "digits", "--n-folds", "3", env=env).exit_code == 0
+    for fold in ("0", "1"):
+        result = invoke("train", "digits", "--fold", fold, "--run-name", "r1", *FAST, env=env)
+        assert result.exit_code == 0, result.output
+    return tmp_path, env
+
+
+def test_submit_reads_the_test_set_once_and_matches_the_mean_of_each_folds_prediction(trained, monkeypatch):
+    tmp_path, env = trained
+    stages = []
+    real_loader = _train.loader
+    monkeypatch.setattr(_train, "loader", lambda comp, frame, root, stage, config, **kw: (
+        stages.append(stage), real_loader(comp, frame, root, stage, config, **kw))[1])
+    result = invoke("submit", "digits", "--run", "r1", "--folds", "0,1", "--tta", "hflip", "--batch-size", "50",
+                    "--device", "cpu", env=env)
+    assert result.exit_code == 0, result.output
+    assert stages == ["test"]  # one loader over the test set for both folds
+    (written,) = sorted((tmp_path / "s" / "digits").glob("*.csv"))
+
+    comp = registry.get().competition("digits")
+    run_dir = tmp_path / "r" / "digits" / "r1"
+    config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    root = tmp_path / "d" / "digits"
+    test_table = table(comp, root, "test")
+    loader = real_loader(comp, test_table, root, "test", config, batch_size=17, device="cpu")
+    total = 0
+    for fold in (0, 1):  # each fold alone over the whole test set, as submit did before streaming
+        model = registry.get().model(config.model, comp.num_classes, comp.in_channels, pretrained=False)
+        engine = _train.make_engine(comp, config, model, device="cpu")
+        engine.load(run_dir / f"fold{fold}" / "best.pt")
+        total = total + engine.predict(loader, views=_submit.tta.views("hflip"))
+    expected = comp.submission(test_table, total / 2)
+    pd.testing.assert_frame_equal(pd.read_csv(written, dtype=str), expected.astype(str), check_dtype=False)
+
+
+def test_predict_batches_yields_one_merged_array_per_batch(trained):
+    tmp_path, _ = trained
+    comp = registry.get().competition("digits")
+    run_dir = tmp_path / "r" / "digits" / "r1"
+    config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    root = tmp_path / "d" / "digits"
+    test_table = table(comp, root, "test")
+    batches = list(_submit.predict_batches(comp, config, root, run_dir, ["fold0", "fold1"], test_table, "none",
+                                           "cpu", 40))
+    assert [len(b) for b in batches] == [min(40, len(test_table) - i) for i in range(0, len(test_table), 40)]
+    assert all(b.shape[1] == comp.num_classes for b in batches)
+    np.testing.assert_allclose(np.concatenate(batches).sum(axis=1), 1.0, atol=1e-5)
