@@ -2,7 +2,10 @@
 
 Same model, data, batch size and optimizer, measured in the same process, alternating, median of
 repeats after a warm-up. "compute": batches already on the device; "end-to-end": a DataLoader over
-uint8 images in memory (make_loader for the Engine, a plain DataLoader for the loop).
+uint8 images in memory (make_loader for the Engine, a plain DataLoader for the loop); "transforms":
+the same with a competition's own albumentations train transforms per sample (the cifar10 plugin's:
+pad, random crop, flip, normalise) through compkit's ArrayDataset, which make_loader seeds per sample,
+against a plain Dataset calling the same Compose under a plain DataLoader (no seeding at all).
 
     python bench/engine_overhead.py --quick   # this CPU: a small conv net on 32x32 images, float32
     python bench/engine_overhead.py           # a GPU: timm resnet18 at 224 px, bf16, channels_last
@@ -44,7 +47,7 @@ FULL = Size(
 )
 
 
-MODES = (("compute", False), ("end-to-end", True))
+MODES = ("compute", "end-to-end", "transforms")
 
 
 class Images(Dataset):
@@ -62,6 +65,31 @@ class Images(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"image": self.images[index].float() / 255, "target": self.targets[index]}
+
+
+def cifar_train_transform(size: int):
+    """The cifar10 plugin's train transforms: zero-pad by size/8, random crop back, flip, normalise."""
+    import albumentations as A
+    import cv2
+
+    padded = size + 2 * (size // 8)
+    return A.Compose([A.PadIfNeeded(padded, padded, border_mode=cv2.BORDER_CONSTANT, fill=0),
+                      A.RandomCrop(size, size), A.HorizontalFlip(p=0.5),
+                      A.Normalize(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))])
+
+
+class PlainAugmented(Dataset):
+    """What a competitor writes: uint8 (N, S, S, 3) images through an albumentations Compose per item."""
+
+    def __init__(self, images, targets, transform) -> None:
+        self.images, self.targets, self.transform = images, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image = self.transform(image=self.images[index])["image"]
+        return {"image": torch.from_numpy(image.transpose(2, 0, 1)), "target": torch.tensor(int(self.targets[index]))}
 
 
 def resnet18() -> nn.Module:
@@ -127,7 +155,7 @@ def loader_batch_size(loader) -> int:
     return loader.batch_size if isinstance(loader, DataLoader) else len(loader[0]["image"])
 
 
-def measure(size: Size, factory, device: torch.device, end_to_end: bool) -> tuple[float, float, float]:
+def measure(size: Size, factory, device: torch.device, mode: str) -> tuple[float, float, float]:
     """(median Engine images/s, median plain-loop images/s, median of the per-pair Engine/plain ratios)."""
     torch.manual_seed(0)
     reference = factory()
@@ -155,7 +183,17 @@ def measure(size: Size, factory, device: torch.device, end_to_end: bool) -> tupl
             "target": torch.zeros(1, dtype=torch.long, device=device),
         }
     ]
-    if end_to_end:
+    if mode == "transforms":
+        from compkit.datasets import ArrayDataset
+
+        images = dataset.images.permute(0, 2, 3, 1).contiguous().numpy()
+        targets = dataset.targets.numpy()
+        engine_data = engine.make_loader(
+            ArrayDataset(images, targets, cifar_train_transform(side)), batch_size=size.batch_size, train=True,
+            num_workers=size.num_workers, device=device,
+        )
+        plain_data = plain_loader(PlainAugmented(images, targets, cifar_train_transform(side)), size, device)
+    elif mode == "end-to-end":
         engine_data = engine.make_loader(
             dataset, batch_size=size.batch_size, train=True, num_workers=size.num_workers, device=device
         )
@@ -189,7 +227,7 @@ def main() -> None:
     device = engine.resolve_device("cpu" if args.quick else "auto")
     name = "small conv net, 32 px" if args.quick else "timm resnet18, 224 px"
     print(f"device {device}  {name}  batch {size.batch_size}  amp {size.amp}  {size.batches} batches/epoch")
-    rows = [(mode, *measure(size, factory, device, end_to_end)) for mode, end_to_end in MODES]
+    rows = [(mode, *measure(size, factory, device, mode)) for mode in MODES]
     print(f"\n{'data':<12}{'Engine img/s':>14}{'plain img/s':>14}{'Engine/plain':>14}{'overhead':>10}")
     for mode, engine_rate, plain_rate, ratio in rows:
         print(f"{mode:<12}{engine_rate:>14,.0f}{plain_rate:>14,.0f}{ratio:>14.3f}{1 - ratio:>10.1%}")

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BENCHMARKS = ("rle", "tta", "engine_overhead", "data_pipeline", "cache_build", "inference", "gpu_data", "threads")
+BENCHMARKS = ("rle", "tta", "engine_overhead", "data_pipeline", "cache_build", "inference", "gpu_data", "threads",
+              "memory")
 
 
 @dataclass

@@ -960,6 +960,9 @@ def _summary_line(row: dict[str, Any], epochs: int, metric: str, improved: bool,
 
 def _best_line(state: FitState, metric: str) -> str:
     """The line printed when fit ends: the best epoch, its score and validation loss."""
+    if state.swa and state.swa["kept"]:  # best.pt is the weight average, not an epoch
+        return (f"best: swa of epochs {state.swa['first_epoch']}-{state.epoch}, {metric} {state.swa['score']:.5f} "
+                f"(valid loss {state.swa['valid_loss']:.4f})")
     return f"best: epoch {state.best_epoch}, {metric} {state.best_score:.5f} (valid loss {_best_loss(state):.4f})"
 
 

@@ -66,7 +66,7 @@ def test_the_checkpoint_selection_picks_the_metric_the_training_loss_or_the_last
         engine.Engine(classifier(), device="cpu", select="best")
 
 
-def test_swa_averages_the_last_epochs_recomputes_batchnorm_and_is_kept_only_when_it_scores_better(tmp_path):
+def test_swa_averages_the_last_epochs_recomputes_batchnorm_and_is_kept_only_when_it_scores_better(tmp_path, capsys):
     from torch import nn
 
     def fit(scores, out):
@@ -88,6 +88,7 @@ def test_swa_averages_the_last_epochs_recomputes_batchnorm_and_is_kept_only_when
     # the average scores 0.9 against the epochs' best 0.5: it becomes best.pt
     result, snapshots, best = fit([0.1, 0.2, 0.3, 0.4, 0.5, 0.9], tmp_path / "kept")
     assert result["swa"]["first_epoch"] == 3 and result["swa"]["kept"] and result["best_score"] == 0.9
+    assert "best: swa of epochs 3-5, score 0.90000" in capsys.readouterr().out
     average = torch.stack([snapshot["0.weight"] for snapshot in snapshots[2:]]).mean(0)
     assert torch.allclose(best["model"]["0.weight"], average, atol=1e-6)
     plain_mean = torch.stack([snapshot["1.running_mean"] for snapshot in snapshots[2:]]).mean(0)
