@@ -18,24 +18,40 @@ from compkit.errors import CompkitError
 def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask: np.ndarray, root: Path,
              out_dir: Path, *, resume: bool, quiet: bool, fold: int,
              on_start: Callable[[], None] | None = None, after_epoch: Callable[[int], None] | None = None,
-             init_from: Path | None = None, limit_batches: int | None = None) -> dict[str, Any]:
+             init_from: Path | None = None, limit_batches: int | None = None,
+             oof_targets: np.ndarray | None = None,
+             pseudo_rows: pd.DataFrame | None = None) -> dict[str, Any]:
     """Train on the rows outside ``valid_mask``, validate on the rest; files go to ``out_dir``.
 
     ``on_start()`` runs once the model and data are ready, before the first epoch; ``after_epoch(epoch)``
     once each epoch's checkpoint is written. ``init_from``: a best.pt whose weights the model starts from.
     ``limit_batches``: train and validate on only that many batches' worth of rows (a dry run).
+    ``oof_targets`` (len(table), C): another run's out-of-fold probabilities, mixed into the training rows'
+    targets (config ``soft_targets``); ``pseudo_rows``: extra training rows, never validated on (``pseudo``).
+    See ``compkit._pseudo``.
     """
     import torch
 
     torch.manual_seed(config.seed)  # the same initial weights for every fold and every rerun
     train_table = table[~valid_mask].reset_index(drop=True)
     valid_table = table[valid_mask].reset_index(drop=True)
+    oof_rows = None if oof_targets is None else oof_targets[~valid_mask]
     if limit_batches:
         rows = limit_batches * config.batch_size * config.accumulate
-        train_table, valid_table = train_table.head(rows), valid_table.head(limit_batches * config.batch_size)
+        extra = 0 if pseudo_rows is None else min(len(pseudo_rows), rows // 2)  # a dry run sees both kinds
+        train_table = train_table.head(rows - extra)
+        valid_table = valid_table.head(limit_batches * config.batch_size)
+        oof_rows = None if oof_rows is None else oof_rows[:rows - extra]
+        pseudo_rows = None if pseudo_rows is None else pseudo_rows.head(extra)
+    if pseudo_rows is not None and len(pseudo_rows):
+        if oof_rows is not None:  # pseudo rows keep their hard label
+            unknown = np.full((len(pseudo_rows), oof_rows.shape[1]), np.nan, dtype=np.float32)
+            oof_rows = np.concatenate([oof_rows, unknown])
+        train_table = pd.concat([train_table, pseudo_rows], ignore_index=True)
     reg = registry.get()
     model = reg.model(config.model, comp.num_classes, comp.in_channels, config.pretrained)
-    train_loader = loader(comp, train_table, root, "train", config)
+    dataset, sample_weights, class_weights = training_set(comp, config, train_table, root, oof_rows)
+    train_loader = loader(comp, train_table, root, "train", config, dataset=dataset, weights=sample_weights)
     valid_loader = loader(comp, valid_table, root, "valid", config) if len(valid_table) else None  # None: full fit
     optimizer = optim.build_optimizer(model, config)
     steps = optim.optimizer_steps_per_epoch(len(train_loader), config.accumulate)
@@ -46,7 +62,11 @@ def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask:
             after_epoch(epoch)
         notify(comp, fold, epoch, metrics)
 
-    with make_engine(comp, config, model, reg.loss(config.loss, config=config, competition=comp), optimizer, schedule, quiet=quiet) as trainer:
+    loss = reg.loss(config.loss, config=config, competition=comp,
+                    class_weights=None if class_weights is None else torch.from_numpy(class_weights))
+    if class_weights is not None and isinstance(loss, torch.nn.Module):
+        loss = loss.to(engine.resolve_device(config.device))  # the weights live beside the logits
+    with make_engine(comp, config, model, loss, optimizer, schedule, quiet=quiet) as trainer:
         if init_from is not None and not (resume and (out_dir / "last.pt").is_file()):
             try:
                 trainer.load(init_from)
@@ -55,17 +75,48 @@ def fit_fold(comp: Competition, config: Config, table: pd.DataFrame, valid_mask:
                                    f"outputs (another model?): {str(error).splitlines()[0]}") from None
         if on_start is not None:
             on_start()
-        return trainer.fit(
-            train_loader, valid_loader, epochs=config.epochs, score=comp.score, metric=comp.metric,
-            higher_is_better=comp.higher_is_better, out_dir=out_dir, patience=config.patience, resume=resume,
-            config=config.to_dict(), valid_ids=valid_table[comp.id_column].astype(str).tolist() or None,
-            on_epoch_end=epoch_ended,
-        )
+        with FitHooks(comp, fold, out_dir, config.to_dict()) as hooks:  # on_fit_start, then on_fit_end
+            hooks.result = trainer.fit(
+                train_loader, valid_loader, epochs=config.epochs, score=comp.score, metric=comp.metric,
+                higher_is_better=comp.higher_is_better, out_dir=out_dir, patience=config.patience, resume=resume,
+                config=config.to_dict(), valid_ids=valid_table[comp.id_column].astype(str).tolist() or None,
+                on_epoch_end=epoch_ended,
+            )
+        return hooks.result
+
+
+def training_set(comp: Competition, config: Config, table: pd.DataFrame, root: Path,
+                 oof_rows: np.ndarray | None) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+    """(the training dataset of ``table``, the sampler's weight per row or None, the loss's class weights or
+    None): soft targets mixed in when ``oof_rows`` is given, class balance as the config asks
+    (``compkit.balance``), both from the rows' hard labels."""
+    from compkit import _pseudo, balance
+
+    dataset = comp.dataset(table, root, "train", config)
+    if oof_rows is None and config.class_weights == "none" and config.sampler == "uniform":
+        return dataset, None, None
+    hard = balance.hard_targets(comp, table, dataset)
+    sample_weights = class_weights = None
+    if config.class_weights != "none" or config.sampler != "uniform":
+        labels = balance.class_labels(comp, hard)
+        class_weights = balance.class_weights(comp, labels) if config.class_weights == "balanced" else None
+        sample_weights = balance.sample_weights(comp, labels) if config.sampler == "balanced" else None
+        sampled = "; the sampler draws each class about equally often" if sample_weights is not None else ""
+        _pseudo.echo(f"training rows per class: {balance.describe(comp, labels, class_weights)}{sampled}")
+    if oof_rows is not None:
+        soft = _pseudo.soft_targets(comp, hard, oof_rows, config.soft_weight)
+        dataset = _pseudo.with_targets(dataset, soft)
+    return dataset, sample_weights, class_weights
 
 
 def loader(comp: Competition, table: pd.DataFrame, root: Path, stage: str, config: Config, **options: Any) -> Any:
-    """A DataLoader over ``comp.dataset`` for ``stage``, seeded and sized from the config."""
-    dataset = comp.dataset(table, root, stage, config)
+    """A DataLoader over ``comp.dataset`` for ``stage``, seeded and sized from the config.
+
+    Options: ``dataset`` (one already built from ``table``), ``weights`` (training: the sampler's weight
+    per row, see ``EpochSampler``), ``device``, ``batch_size``."""
+    dataset = options.get("dataset")
+    if dataset is None:
+        dataset = comp.dataset(table, root, stage, config)
     if stage == "train" and config.augment != "none":
         if not hasattr(dataset, "transform"):
             raise CompkitError(f"augment={config.augment} needs a dataset with a ``transform`` to extend; "
@@ -101,7 +152,8 @@ def with_policy(transform: Any, config: Config) -> Any:
     return A.Compose(steps)
 
 
-def device_loader(comp: Competition, dataset: Any, config: Config, device: str) -> Any:
+def device_loader(comp: Competition, dataset: Any, config: Config, device: str,
+                  weights: np.ndarray | None = None) -> Any:
     """The training set on the device as uint8, cropped and flipped there (``gpu_data``).
 
     It replaces the competition's train transforms with the small-image recipe: random crop
@@ -115,7 +167,7 @@ def device_loader(comp: Competition, dataset: Any, config: Config, device: str) 
                            f"dataset is a {type(dataset).__name__}: use --set gpu_data=false")
     return DeviceLoader(dataset.selected_images(), dataset.targets, batch_size=config.batch_size, mean=comp.mean,
                         std=comp.std, device=engine.resolve_device(device), size=config.image_size,
-                        seed=config.seed)
+                        seed=config.seed, weights=weights)
 
 
 def make_engine(comp: Competition, config: Config, model: Any, loss: Any = None, optimizer: Any = None,
@@ -129,6 +181,7 @@ def make_engine(comp: Competition, config: Config, model: Any, loss: Any = None,
         batch_transform=mixing(comp, config) if optimizer is not None else None,
         frozen=body_parameters(model) if config.freeze_epochs else (), freeze_epochs=config.freeze_epochs,
         select=config.checkpoint, swa=config.swa if optimizer is not None else 0,
+        keep_top=config.keep_top if optimizer is not None else 0,
     )
 
 

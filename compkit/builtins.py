@@ -167,13 +167,24 @@ def smp_family(architecture: str) -> Callable[..., Any]:
     return factory
 
 
-def _loss(name: str) -> Callable[[], Any]:
+def _loss(name: str) -> Callable[..., Any]:
     def factory() -> Any:
         from compkit import losses
 
         return getattr(losses, name)()
 
-    return factory
+    def weighted(class_weights: Any = None, competition: Any = None) -> Any:
+        """``class_weights`` (config class_weights = balanced): CE's per-class ``weight``; for BCE the
+        ``pos_weight`` of each class on a multi-label task, else a per-class ``weight``."""
+        from compkit import losses
+
+        if class_weights is None:
+            return getattr(losses, name)()
+        if name == "BinaryCrossEntropy" and getattr(competition, "task", None) == "multilabel":
+            return losses.BinaryCrossEntropy(pos_weight=class_weights)
+        return getattr(losses, name)(weight=class_weights)
+
+    return weighted if name in WEIGHTED_LOSSES else factory
 
 
 LOSSES = {
@@ -184,6 +195,7 @@ LOSSES = {
     "bce-dice": "BCEDiceLoss",
     "focal": "FocalLoss",
 }
+WEIGHTED_LOSSES = ("CrossEntropy", "SmoothCrossEntropy", "BinaryCrossEntropy")  # take class_weights
 
 
 @hookimpl

@@ -138,6 +138,16 @@ def _config_epilog() -> str:
 @click.option("--init-from", metavar="RUN[/foldK]",
               help="Start from another run's best weights (its same fold unless /foldK is given): a second stage "
                    "at a larger --image-size, or a fine-tune.")
+@click.option("--soft-targets", metavar="RUN",
+              help="Train on soft targets: --soft-weight x RUN's out-of-fold probabilities + the rest x the "
+                   "label (every training row needs one; validation keeps its labels). Config key soft_targets.")
+@click.option("--soft-weight", type=float,
+              help="The OOF share of --soft-targets, 0..1 (soft_weight, default 0.3).")
+@click.option("--pseudo", metavar="RUN",
+              help="Add RUN's confident test predictions as training rows with their predicted class "
+                   "(classification; predicted once, cached in RUN/test_predictions.npz). Config key pseudo.")
+@click.option("--threshold", "pseudo_threshold", type=float,
+              help="--pseudo: the top probability a test row needs (pseudo_threshold, default 0.95).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key; repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bars or notes; the epoch lines and the best line still print.")
 @data_option
@@ -159,6 +169,9 @@ def train(name: str, fold: int | None, full: bool, dry_run: bool, fold_spec: str
       COMPKIT_RUN=r1 torchrun --nproc_per_node 2 -m compkit train siim --fold 1
       compkit train digits --fold 0 --recipe demo    # a recipe the plugin ships
       compkit train siim --fold 0 --init-from 20261201-120000 --image-size 1024   # a second stage
+      compkit train digits --fold 0 --soft-targets r1 --soft-weight 0.3   # 0.3 x r1's OOF + 0.7 x label
+      compkit train digits --fold 0 --pseudo r1 --threshold 0.95         # + r1's confident test rows
+      compkit train siim-classification --fold 0 --set class_weights=balanced --set sampler=balanced
     """
     from compkit import pipeline
     from compkit.config import parse_sets

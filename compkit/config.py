@@ -21,7 +21,9 @@ SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "none")
 TTA_MODES = ("none", "hflip", "vflip", "flips", "d4")
 CHOICES = {"amp": AMP_MODES, "scheduler": SCHEDULERS, "tta": TTA_MODES,
            "checkpoint": ("metric", "train_loss", "last"),
-           "augment": ("none", "randaugment", "trivialaugment", "autoaugment")}  # optimizers: a registry
+           "augment": ("none", "randaugment", "trivialaugment", "autoaugment"),
+           "class_weights": ("none", "balanced"),
+           "sampler": ("uniform", "balanced")}  # optimizers: a registry
 # The values a key may take: (lowest, highest, whether the lowest itself is allowed); None is unbounded.
 MAX_WORKERS = 256
 RANGES = {
@@ -85,6 +87,12 @@ class Config:
     mix_off_epoch: int = 0  # the last this many epochs train without mixing
     augment: str = "none"  # an automatic policy before the train transforms: randaugment | trivialaugment | autoaugment
     augment_magnitude: int = 9  # randaugment's magnitude, 0..30
+    class_weights: str = "none"  # none | balanced: the loss weighs class c by n / (classes * count_c)
+    sampler: str = "uniform"  # uniform | balanced: epochs draw rows with replacement, p ~ 1 / class count
+    soft_targets: str = ""  # train on soft_weight * RUN's out-of-fold probabilities + the rest * the label
+    soft_weight: float = 0.3  # the share of the out-of-fold probabilities in the soft targets (soft_targets)
+    pseudo: str = ""  # add RUN's confident test predictions as training rows (hard pseudo-labels)
+    pseudo_threshold: float = 0.95  # pseudo: a test row is added when its top probability is at least this
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -101,6 +101,8 @@ class Engine:
     epoch best.pt keeps, "metric" (validation score), "train_loss" (lowest) or "last". ``swa``: average
     the weights of the last this many epochs (torch.optim.swa_utils), recompute BatchNorm for the
     average, score it on the validation fold and keep it as best.pt when it beats the best epoch.
+    ``keep_top``: also keep the weights-only checkpoints of the this many best epochs (ranked as ``select``
+    picks best.pt) in out_dir/top/epochNNN.pt, for checkpoint averaging (``compkit average``); 0 = off.
     ``quiet`` hides the progress bars and notes; the line per epoch and the final best line always
     print (on the main process). Under torchrun the process group is set up here; use the Engine as a context
     manager (or call ``close()``) to leave it cleanly.
@@ -129,6 +131,7 @@ class Engine:
         freeze_epochs: int = 0,
         select: str = "metric",
         swa: int = 0,
+        keep_top: int = 0,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise CompkitError(f"unknown activation {activation!r}; available: softmax, sigmoid, None")
@@ -148,6 +151,7 @@ class Engine:
             raise CompkitError(f"unknown checkpoint selection {select!r}; available: {', '.join(SELECTIONS)}")
         self.select = select
         self.swa_epochs = max(0, swa)
+        self.keep_top = max(0, keep_top)
         self.amp_dtype = self._amp_dtype(amp)
         # float16 overflows above 65504, so its gradients need scaling; bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -768,7 +772,22 @@ class Engine:
             _io.torch_save(self._checkpoint(state, run, full=False), run.out_dir / "best.pt")
         _io.write_csv(run.out_dir / "metrics.csv", _frame(state.history))
         _write_curves(run.out_dir / "curves.png", state.history, run.metric, state.best_epoch)
+        if self.keep_top:
+            self._write_top(run, state)
         _io.torch_save(self._checkpoint(state, run, full=True), run.out_dir / "last.pt")
+
+    def _write_top(self, run: _Run, state: FitState) -> None:
+        """Keep top/epochNNN.pt for the ``keep_top`` best epochs of the history: this epoch's is written first
+        (atomically) when it is one of them, then every other epoch's file is deleted. The files on disk are
+        the state: a resumed run (its history from last.pt) carries on, and what a killed epoch or an earlier
+        training in this folder left behind goes."""
+        kept = set(top_epochs(state.history, run.metric, run.higher_is_better, self.select, self.keep_top))
+        folder = run.out_dir / TOP_FOLDER
+        if state.epoch in kept:
+            _io.torch_save(self._checkpoint(state, run, full=False), folder / top_file(state.epoch))
+        for path in sorted(folder.glob("epoch*.pt")) if folder.is_dir() else ():
+            if top_file_epoch(path) not in kept:
+                path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -819,6 +838,62 @@ class _LossWindow:
             self.total, self.count = total, count
             self.pending.clear()
         return losses, total / max(1, count)
+
+
+TOP_FOLDER = "top"  # out_dir/top/epochNNN.pt: the keep_top best epochs' weights
+
+
+def top_file(epoch: int) -> str:
+    """The name of epoch ``epoch``'s file in top/: epoch007.pt."""
+    return f"epoch{epoch:03d}.pt"
+
+
+def top_file_epoch(path: Path) -> int | None:
+    """The epoch of a top/epochNNN.pt file; None for any other name."""
+    digits = path.stem[len("epoch"):]
+    named = path.stem.startswith("epoch") and digits.isdigit() and path.suffix == ".pt"
+    return int(digits) if named else None
+
+
+def top_epochs(history: Sequence[Mapping[str, Any]], metric: str, higher_is_better: bool, select: str,
+               count: int) -> list[int]:
+    """The ``count`` best epochs of ``history`` (metrics rows), best first, ranked as ``select`` picks
+    best.pt: by the metric (a tie goes to the lower validation loss, then the earlier epoch; an epoch
+    without a finite score never counts), by the lowest training loss, or the latest."""
+    rows = list(history)
+    if select == "last":
+        ranked = sorted(rows, key=lambda row: -row["epoch"])
+    elif select == "train_loss":
+        ranked = sorted((row for row in rows if math.isfinite(row["train_loss"])),
+                        key=lambda row: (row["train_loss"], row["epoch"]))
+    else:
+        sign = -1.0 if higher_is_better else 1.0
+
+        def key(row: Mapping[str, Any]) -> tuple[float, float, int]:
+            loss = row["valid_loss"] if math.isfinite(row["valid_loss"]) else math.inf
+            return sign * row[metric], loss, row["epoch"]
+
+        ranked = sorted((row for row in rows if math.isfinite(row[metric])), key=key)
+    return [int(row["epoch"]) for row in ranked[:count]]
+
+
+def _since(started: float) -> float:
+    return max(time.perf_counter() - started, 1e-9)
+
+
+def _best_loss(state: FitState) -> float:
+    """The validation loss of the best epoch so far (inf when there is none)."""
+    rows = [row for row in state.history if row["epoch"] == state.best_epoch]
+    return rows[0]["valid_loss"] if rows else math.inf
+
+
+def _improved(value: float, best: float | None, higher_is_better: bool) -> bool:
+    """Is ``value`` better than ``best``? A NaN score never beats a real one."""
+    if math.isnan(value):
+        return best is None
+    if best is None or math.isnan(best):
+        return True
+    return value > best if higher_is_better else value < best
 
 
 def _compact_target(target: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ class DeviceLoader:
 
     def __init__(self, images: np.ndarray, targets: Sequence | np.ndarray, *, batch_size: int,
                  mean: Sequence[float], std: Sequence[float], device: torch.device | str, size: int | None = None,
-                 train: bool = True, seed: int = 0, pad: int = 4, flip: bool = True) -> None:
+                 train: bool = True, seed: int = 0, pad: int = 4, flip: bool = True,
+                 weights: np.ndarray | None = None) -> None:
         array = np.ascontiguousarray(images)
         if array.ndim == 3:
             array = array[..., None]
@@ -40,7 +41,7 @@ class DeviceLoader:
         self.size = size
         self.dataset = self.images  # what the Engine reports sizes from
         self.sampler = EpochSampler(len(self.images), shuffle=train, seed=seed, rank=_distributed.rank(),
-                                    world_size=_distributed.world_size())
+                                    world_size=_distributed.world_size(), weights=weights)
 
     def __len__(self) -> int:
         count = len(self.sampler)

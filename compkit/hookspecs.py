@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import click
 
     from compkit.competition import Competition
@@ -45,5 +47,22 @@ def register_commands(cli: click.Group) -> None:
 
 
 @hookspec
-def on_epoch_end(competition: Competition, fold: int, epoch: int, metrics: dict[str, float]) -> None:
-    """After each training epoch (rank 0 only), with that epoch's metrics row."""
+def on_fit_start(competition: Competition, fold: int, run_dir: Path, config: dict[str, Any]) -> None:
+    """Before a fold's first epoch (rank 0 only): open a logger. ``run_dir`` is the fold's output folder
+    (``runs/NAME/RUN/foldK``, ``.../full`` for the ``--full`` fit, fold -1); ``config`` the run's config."""
+
+
+@hookspec
+def on_epoch_end(competition: Competition, fold: int, epoch: int, metrics: dict[str, float], run_dir: Path,
+                 config: dict[str, Any]) -> None:
+    """After each training epoch (rank 0 only), with that epoch's metrics row (``epoch``, ``train_loss``,
+    ``valid_loss``, the metric, ``lr``, ``seconds``, ``images_per_second``; NaN where there is no
+    validation). ``run_dir`` and ``config`` as in ``on_fit_start``; an implementation may take fewer arguments."""
+
+
+@hookspec
+def on_fit_end(competition: Competition, fold: int, run_dir: Path, result: dict[str, Any] | None,
+               error: BaseException | None) -> None:
+    """After a fold's training (rank 0 only), also when it failed or was interrupted (Ctrl-C): close a
+    logger. ``result`` is what the fit returned (``metric``, ``best_score``, ``best_epoch``,
+    ``epochs_run``, ``stopped_early``), None when it raised ``error`` (None when it did not)."""

@@ -40,12 +40,27 @@ class EpochSampler(Sampler):
     share per process (a tail that does not divide evenly is dropped) so every process runs the same
     number of batches. Otherwise: in order, every ``world_size``-th index from ``rank``, unpadded, so
     each sample is predicted exactly once; ``indices()`` tells the Engine how to put shards back.
+
+    ``weights`` (training only): each epoch draws ``size`` indices with replacement, with probability
+    proportional to the weights (a class-balanced sampler), cut between processes like a permutation;
+    a row drawn twice gets a different sample seed each time.
     """
 
-    def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 weights: np.ndarray | None = None) -> None:
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.weights = None
+        if weights is not None:
+            if not shuffle:
+                raise CompkitError("sample weights are for training (a shuffled epoch); valid and test loaders "
+                                   "visit every row once")
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (size,) or not np.all(np.isfinite(weights)) or (weights < 0).any() or not weights.sum():
+                raise CompkitError(f"sample weights must be {size} finite non-negative numbers, not all 0; got "
+                                   f"shape {weights.shape}")
+            self.weights = weights / weights.sum()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -58,12 +73,26 @@ class EpochSampler(Sampler):
         """int64 (M,): the dataset indices this process visits this epoch, in order."""
         if not self.shuffle:
             return np.arange(self.rank, self.size, self.world_size)
-        order = np.random.default_rng([self.seed % 2**64, self.epoch, 0]).permutation(self.size)
+        return self._epoch_order()[self._mine()]
+
+    def _epoch_order(self) -> np.ndarray:
+        """The whole epoch's indices, for every process alike: a permutation, or the weighted draw."""
+        generator = np.random.default_rng([self.seed % 2**64, self.epoch, 0])
+        if self.weights is None:
+            return generator.permutation(self.size)
+        return generator.choice(self.size, size=self.size, replace=True, p=self.weights)
+
+    def _mine(self) -> slice:
         share = self.size // self.world_size
-        return order[self.rank : share * self.world_size : self.world_size]
+        return slice(self.rank, share * self.world_size, self.world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         seeds = np.random.SeedSequence([self.seed % 2**64, self.epoch, 1]).generate_state(self.size)
+        if self.weights is not None:  # by position in the epoch's draw: a repeated row is augmented anew
+            positions = np.arange(self.size)[self._mine()]
+            for index, position in zip(self._epoch_order()[self._mine()].tolist(), positions.tolist()):
+                yield index, int(seeds[position])
+            return
         for index in self.indices().tolist():
             yield index, int(seeds[index])
 
@@ -253,6 +282,7 @@ def make_loader(
         seed=seed,
         rank=_distributed.rank(),
         world_size=_distributed.world_size(),
+        weights=weights,
     )
     workers = default_workers() if num_workers < 0 else num_workers
     on_cuda = resolve_device(device).type == "cuda"
@@ -270,6 +300,11 @@ def make_loader(
         # Workers' base seed comes from here instead of the global stream; samples are reseeded anyway.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _one_left(samples: int, batch_size: int) -> bool:
+    """Would the last batch hold a single sample?"""
+    return samples % batch_size == 1
 
 
 def _batched(dataset: Dataset) -> tuple[Dataset, Any]:

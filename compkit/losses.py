@@ -14,8 +14,8 @@ class CrossEntropy(nn.CrossEntropyLoss):
 class SmoothCrossEntropy(nn.CrossEntropyLoss):
     """Cross entropy with label smoothing 0.1, as in the CIFAR-10 speed records."""
 
-    def __init__(self, smoothing: float = 0.1) -> None:
-        super().__init__(label_smoothing=smoothing)
+    def __init__(self, smoothing: float = 0.1, weight: torch.Tensor | None = None) -> None:
+        super().__init__(weight=weight, label_smoothing=smoothing)
 
 
 class BinaryCrossEntropy(nn.BCEWithLogitsLoss):

@@ -235,12 +235,14 @@ def recipe_file(comp: Competition, recipe_path: str | Path | None) -> Path:
 
 def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | None = None,
           recipe_path: str | Path | None = None, run: str | None = None, resume: bool = False,
-          quiet: bool = False, full: bool = False, dry_run: bool = False, limit_batches: int | None = None) -> Path:
+          quiet: bool = False, full: bool = False, dry_run: bool = False, limit_batches: int | None = None,
+          sources: Path | None = None) -> Path:
     """Train one fold; returns runs/NAME/<run>/fold<K>. ``full``: instead, a final fit on every labelled row
     with no validation, into runs/NAME/<run>/full, for the mean best epoch of the run's finished folds
     unless ``epochs`` is given. ``dry_run``: two batches of training and two of validation, through every
     file a fold writes, in a temporary folder that is removed afterwards. ``limit_batches``: at most this
-    many batches of training and of validation per epoch.
+    many batches of training and of validation per epoch. ``sources``: the folder of runs that the config's
+    ``soft_targets`` and ``pseudo`` name (default runs/NAME; a dry run's scratch folder has none).
 
     Everything that can be checked is checked before any work: the device, the run's config and
     split, the fold. The run folder is made only when training starts, so a failed start leaves none.
@@ -252,7 +254,7 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="compkit-dry-run-") as scratch:
             return _dry_run(name, fold, dataclasses.replace(where, runs=Path(scratch)), overrides, recipe_path,
-                            full, quiet)
+                            full, quiet, sources=where.runs / name)
     runs_root = where.runs / name
     overrides = overrides or {}
     part = "full" if full else f"fold{fold}"
@@ -275,10 +277,15 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     _check_split(run_dir, split, root)
     _warn_offline_weights(comp, root, config)
     init_from = _init_weights(runs_root, config.init_from, part)
+    from compkit import _pseudo, _train, balance
+
+    balance.check(comp, config)
     what = "full fit (all labelled rows, no validation)" if full else f"fold {fold}"
     echo(f"{comp.name} {what} -> {run_dir}\n{_format_config(config, comp.defaults, comp.name)}")
     out_dir = run_dir / part
-    from compkit import _train
+    # soft targets and pseudo-labels from other runs, read (or predicted) before the run folder is made
+    extra = _pseudo.prepare(comp, config, sources or runs_root, root, table,
+                            np.ones(len(table), dtype=bool) if full else assignment != fold, run=run)
 
     main = _distributed.is_main()
 
@@ -297,7 +304,7 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
         validate = np.zeros(len(table), dtype=bool) if full else assignment == fold
         result = _train.fit_fold(comp, config, table, validate, root, out_dir, resume=resume, quiet=quiet,
                                  fold=-1 if full else fold, on_start=start, init_from=init_from,
-                                 limit_batches=limit_batches,
+                                 limit_batches=limit_batches, **extra,
                                  after_epoch=(lambda _: places.point_latest(runs_root, run)) if main else None)
         if main:
             places.point_latest(runs_root, run)  # also for a resumed run that had no epoch left to train

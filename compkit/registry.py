@@ -108,9 +108,12 @@ class Registry:
             raise CompkitError(f"unknown model family {family!r} in {name!r}; available: {families}")
         return self.models[family](variant or None, num_classes, in_channels=in_channels, pretrained=pretrained)
 
-    def loss(self, name: str, *, config: Any = None, competition: Competition | None = None) -> torch.nn.Module:
+    def loss(self, name: str, *, config: Any = None, competition: Competition | None = None,
+             class_weights: Any = None) -> torch.nn.Module:
         """Build the registered loss ``name``. A factory may take ``config`` and ``competition`` keyword
-        arguments (class weights, ignore index, anchors...): it gets those it names, as pluggy hooks do."""
+        arguments (class weights, ignore index, anchors...): it gets those it names, as pluggy hooks do.
+        ``class_weights`` (config ``class_weights = balanced``: a float32 tensor, one per class, see
+        ``compkit.balance``) goes to a factory that names it; one that does not is refused."""
         import inspect
 
         if name in self.clashes["loss"]:
@@ -123,6 +126,12 @@ class Registry:
             accepted = inspect.signature(factory).parameters
         except (TypeError, ValueError):  # a builtin or C factory: no signature to read
             accepted = {}
+        if class_weights is not None:
+            if "class_weights" not in accepted:
+                raise CompkitError(f"class_weights = balanced: loss {name!r} takes no class weights (its factory "
+                                   "has no class_weights parameter): use ce, ce-smooth or bce, or set "
+                                   "class_weights = none")
+            offered["class_weights"] = class_weights
         return factory(**{key: value for key, value in offered.items() if key in accepted})
 
     def optimizer(self, name: str) -> Callable[..., Any]:
