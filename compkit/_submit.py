@@ -19,23 +19,36 @@ from compkit.pipeline import echo, table
 from compkit.runs import cross_validation
 
 SEARCH_LIMIT = 1000
+CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}  # submit --checkpoint
 PACKED = "packed.json"  # in a run folder compkit pack wrote: the CV recorded when packing
 
 
 def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path, *, fold_spec: str = "all",
                     tta: str | None = None, device: str | None = None, batch_size: int | None = None,
-                    allow_unfinished: bool = False) -> Path:
+                    allow_unfinished: bool = False, checkpoint: str = "best",
+                    mask_threshold: float | None = None) -> Path:
     """Write ``out_dir/<stamp>.csv`` and its ``.json`` sidecar; returns the CSV path.
 
     A fold whose training did not end (interrupted, or still running) is refused unless
-    ``allow_unfinished``; the sample submission is read before anything is predicted.
+    ``allow_unfinished``; the sample submission is read before anything is predicted. ``checkpoint``:
+    "best" (best.pt) or "last" (last.pt: the CV shown is still best.pt's, from its OOF). ``mask_threshold``
+    replaces the run's (segmentation: 0 searches it on the OOF).
     """
     config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    if mask_threshold is not None:
+        config = config.replace(mask_threshold=mask_threshold)
+    if checkpoint not in CHECKPOINTS:
+        raise CompkitError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, not {checkpoint!r}")
     folds, full = choose_models(run_dir, fold_spec)
     trained = fold_records(run_dir, folds, allow_unfinished)
     if full:
         trained |= {"full": _full_record(run_dir, allow_unfinished)}
     view_mode = tta or config.tta
+    models = [f"fold{k}" for k in folds] + (["full"] if full else [])
+    missing = [name for name in models if not (run_dir / name / CHECKPOINTS[checkpoint]).is_file()]
+    if missing:
+        raise CompkitError(f"run {run_dir.name} has no {CHECKPOINTS[checkpoint]} for {', '.join(missing)} (a pack "
+                           "keeps best.pt only): submit with --checkpoint best")
     comp.read_sample(root)  # missing or unreadable: say so now, not after the whole test set
     cv = {"score": None, "folds": {}}
     if folds and (run_dir / PACKED).is_file():  # a pack (compkit pack): no out-of-fold predictions in it
@@ -54,15 +67,21 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
         params = _postprocess(comp, config, run_dir, cv)
     cv.pop("oof", None)  # the out-of-fold maps are not needed while the test set is predicted
     test_table = table(comp, root, "test")
-    models = [f"fold{k}" for k in folds] + (["full"] if full else [])
-    frame = submission_rows(comp, config, root, run_dir, models, test_table, view_mode, device, batch_size, params)
+    held_out = HeldOutScore.for_test(comp, root, test_table)
+    if checkpoint == "last":
+        echo("predicting with each model's last.pt (the last epoch trained); the CV above is best.pt's")
+    frame = submission_rows(comp, config, root, run_dir, models, test_table, view_mode, device, batch_size, params,
+                            checkpoint=CHECKPOINTS[checkpoint], held_out=held_out)
+    test_score = None if held_out is None else held_out.report()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     # The sidecar claims the name (two submits in one second get two) and is written first: a kill
     # in between leaves a sidecar without its CSV, never a CSV nobody can trace back to its run.
     with _io.new_file(out_dir, stamp, ".json", beside=(".csv",)) as sidecar_path:
         sidecar = {
             "competition": comp.name, "run": run_dir.name, "folds": folds, "full": full, "tta": view_mode,
+            "checkpoint": CHECKPOINTS[checkpoint],
             "cv_score": cv["score"], "fold_scores": cv["folds"], "metric": comp.metric, "postprocess": params,
+            "test_score": test_score,
             "config": config.to_dict(), "rows": len(frame), "code_version": code_version(comp),
             "written": datetime.datetime.now().isoformat(timespec="seconds"), "fold_training": trained,
             "demo_data": (root / ".demo").exists(),
@@ -96,6 +115,10 @@ def _postprocess(comp: Competition, config: Config, run_dir: Path, cv: dict[str,
     """Post-processing chosen on the out-of-fold predictions (saved as postprocess.json), or the saved choice
     when no fold is submitted."""
     saved = run_dir / "postprocess.json"
+    if config.mask_threshold:  # fixed by the recipe: no search
+        params = {"threshold": config.mask_threshold, "min_area": 0}
+        echo(f"post-processing fixed by the config (mask_threshold): {params}")
+        return params
     if "oof" not in cv:
         if not saved.is_file():
             raise CompkitError("the full fit alone has no out-of-fold predictions to choose the post-processing on: "
@@ -189,17 +212,21 @@ def search_sample(count: int, seed: int, limit: int = SEARCH_LIMIT) -> np.ndarra
 
 def submission_rows(comp: Competition, config: Config, root: Path, run_dir: Path, models: list[str],
                     test_table: Any, view_mode: str, device: str | None, batch_size: int | None,
-                    params: dict[str, Any] | None) -> Any:
+                    params: dict[str, Any] | None, checkpoint: str = "best.pt",
+                    held_out: HeldOutScore | None = None) -> Any:
     """The submission frame, a batch of test images at a time: predicted by every model, merged,
     post-processed with ``params`` and turned into rows by ``comp.submission``, so memory holds one
-    batch of maps (and the rows), whatever the size of the test set."""
+    batch of maps (and the rows), whatever the size of the test set. ``held_out`` (a labelled test
+    set) gathers each batch's probabilities for the test score."""
     import pandas as pd
 
     frames, start = [], 0
     for probabilities in predict_batches(comp, config, root, run_dir, models, test_table, view_mode, device,
-                                         batch_size):
+                                         batch_size, checkpoint):
         rows = test_table.iloc[start:start + len(probabilities)].reset_index(drop=True)
         predictions = postprocess.apply(probabilities, params) if params else probabilities
+        if held_out is not None:
+            held_out.add(probabilities, start)
         frames.append(comp.submission(rows, predictions))
         start += len(probabilities)
     if not frames:
@@ -207,9 +234,49 @@ def submission_rows(comp: Competition, config: Config, root: Path, run_dir: Path
     return pd.concat(frames, ignore_index=True)
 
 
+class HeldOutScore:
+    """The score of a labelled test set (``Competition.test_targets``), gathered a batch at a time: per-sample
+    probabilities are kept ((N, C) is small); for maps only each image's score (``Competition.image_scores``),
+    so no stack of maps is held when the metric is a mean over images."""
+
+    def __init__(self, comp: Competition, targets: np.ndarray) -> None:
+        self.comp, self.targets, self.parts = comp, np.asarray(targets), []
+        self.per_image = comp.image_scores() if comp.task == "segmentation" else None
+
+    @classmethod
+    def for_test(cls, comp: Competition, root: Path, test_table: Any) -> HeldOutScore | None:
+        """One for ``comp``'s test set when it is labelled, else None."""
+        targets = comp.test_targets(root)
+        if targets is None:
+            return None
+        if len(targets) != len(test_table):
+            raise CompkitError(f"{comp.name}: test_targets has {len(targets)} rows, the test table {len(test_table)}")
+        return cls(comp, targets)
+
+    def add(self, probabilities: np.ndarray, start: int) -> None:
+        """The probabilities of test rows ``start:start + B``, (B, C) or (B, H, W)."""
+        if self.per_image is not None:
+            probabilities = self.per_image(self.targets[start:start + len(probabilities)], probabilities)
+        self.parts.append(probabilities)
+
+    def score(self) -> float:
+        values = np.concatenate(self.parts)
+        return float(values.mean()) if self.per_image is not None else float(self.comp.score(self.targets, values))
+
+    def report(self) -> float:
+        """Print the test score (and, for classes, the confusion matrix); returns the score."""
+        from compkit.metrics import confusion_table
+
+        score = self.score()
+        echo(f"test {self.comp.metric} {score:.5f} on the held-out split ({len(self.targets)} samples)")
+        if self.comp.task == "classification" and self.targets.ndim == 1:
+            echo(confusion_table(self.targets, np.concatenate(self.parts), self.comp.classes))
+        return score
+
+
 def predict_batches(comp: Competition, config: Config, root: Path, run_dir: Path, models: list[str],
                     test_table: Any, view_mode: str, device: str | None,
-                    batch_size: int | None) -> Iterator[np.ndarray]:
+                    batch_size: int | None, checkpoint: str = "best.pt") -> Iterator[np.ndarray]:
     """Per test batch, in order, the mean over ``models`` (fold0, ..., full) of each one's TTA-merged
     probabilities, (B, C) or (B, H, W): the test set is read once and every model predicts each batch."""
     if _distributed.world_size() > 1:
@@ -220,7 +287,7 @@ def predict_batches(comp: Competition, config: Config, root: Path, run_dir: Path
     for name in models:
         model = registry.get().model(config.model, comp.num_classes, comp.in_channels, pretrained=False)
         engine = _train.make_engine(comp, config, model, device=device)
-        engine.load(run_dir / name / "best.pt")
+        engine.load(run_dir / name / checkpoint)
         engines.append(engine)
     names = ", ".join(name.replace("fold", "fold ") for name in models)
     with engines[0]._progress(loader, f"predict ({len(models)} model{'s' * (len(models) > 1)})") as progress:
@@ -234,9 +301,10 @@ def predict_batches(comp: Competition, config: Config, root: Path, run_dir: Path
 
 
 def predict(comp: Competition, config: Config, root: Path, run_dir: Path, models: list[str], test_table: Any,
-            view_mode: str, device: str | None, batch_size: int | None) -> np.ndarray:
+            view_mode: str, device: str | None, batch_size: int | None, checkpoint: str = "best.pt") -> np.ndarray:
     """The mean over ``models`` (fold0, ..., full) of each one's TTA-merged probabilities: (N, C) or (N, H, W)."""
-    batches = list(predict_batches(comp, config, root, run_dir, models, test_table, view_mode, device, batch_size))
+    batches = list(predict_batches(comp, config, root, run_dir, models, test_table, view_mode, device, batch_size,
+                                   checkpoint))
     return np.concatenate(batches) if batches else np.zeros((0,), dtype=np.float32)
 
 

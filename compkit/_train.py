@@ -124,10 +124,10 @@ def loader(comp: Competition, table: pd.DataFrame, root: Path, stage: str, confi
         dataset.transform = with_policy(dataset.transform, config)
     device = options.get("device") or config.device
     if config.gpu_data and stage == "train":
-        return device_loader(comp, dataset, config, device)
+        return device_loader(comp, dataset, config, device, options.get("weights"))
     return engine.make_loader(dataset, batch_size=options.get("batch_size") or config.batch_size,
                               train=stage == "train", num_workers=config.num_workers, seed=config.seed,
-                              device=device)
+                              device=device, weights=options.get("weights"), drop_last=config.drop_last)
 
 
 def with_policy(transform: Any, config: Config) -> Any:
@@ -225,9 +225,55 @@ def mixing(comp: Competition, config: Config) -> Callable[[Any, Any, int], tuple
     return transform
 
 
-def notify(comp: Competition, fold: int, epoch: int, metrics: dict[str, float]) -> None:
-    """Call every plugin's on_epoch_end; a failing logger is reported, training goes on."""
+def notify(comp: Competition, fold: int, epoch: int, metrics: dict[str, float], run_dir: Path | None = None,
+           config: dict[str, Any] | None = None) -> None:
+    """Call every plugin's on_epoch_end; a failing logger is reported, training goes on.
+
+    ``run_dir`` and ``config`` default to those of the fit in progress (``FitHooks``).
+    """
+    if _FITTING:
+        run_dir = _FITTING[-1].run_dir if run_dir is None else run_dir
+        config = _FITTING[-1].config if config is None else config
+    call_hooks("on_epoch_end", competition=comp, fold=fold, epoch=epoch, metrics=dict(metrics), run_dir=run_dir,
+               config=dict(config or {}))
+
+
+def call_hooks(hook: str, **arguments: Any) -> None:
+    """Call every plugin's ``hook`` on rank 0 only; a failing one is warned about, training goes on."""
+    from compkit import _distributed
+
+    if not _distributed.is_main():
+        return
     manager = registry.get().manager
-    for impl in manager.implementations("on_epoch_end"):
-        if not manager.run(impl, competition=comp, fold=fold, epoch=epoch, metrics=dict(metrics)):
+    for impl in manager.implementations(hook):
+        if not manager.run(impl, **arguments):
             manager.warn_failed()
+
+
+_FITTING: list[FitHooks] = []  # the fits in progress, innermost last: notify() gets run_dir and config here
+
+
+class FitHooks:
+    """``with FitHooks(...) as hooks: hooks.result = fit(...)``: the plugins' on_fit_start before the block,
+    their on_fit_end after it, also when it raises (Ctrl-C included), with ``result`` None and the error."""
+
+    def __init__(self, comp: Competition, fold: int, run_dir: Path, config: dict[str, Any]) -> None:
+        self.comp, self.fold, self.run_dir, self.config = comp, fold, run_dir, config
+        self.result: dict[str, Any] | None = None
+
+    def __enter__(self) -> FitHooks:
+        _FITTING.append(self)
+        try:
+            call_hooks("on_fit_start", competition=self.comp, fold=self.fold, run_dir=self.run_dir,
+                       config=dict(self.config))
+        except BaseException as error:  # a real Ctrl-C inside a hook: the loggers already opened close again
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: Any) -> None:
+        try:
+            call_hooks("on_fit_end", competition=self.comp, fold=self.fold, run_dir=self.run_dir,
+                       result=None if error is not None else self.result, error=error)
+        finally:
+            _FITTING.remove(self)

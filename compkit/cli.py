@@ -201,24 +201,100 @@ def train(name: str, fold: int | None, full: bool, dry_run: bool, fold_spec: str
 @click.option("--upload", is_flag=True, help="Submit to Kaggle after writing the file.")
 @click.option("--message", help="Submission description for --upload.")
 @click.option("--allow-unfinished", is_flag=True, help="Use folds whose training did not end (interrupted).")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Each fold's best.pt (the kept epoch) or last.pt (the last epoch trained).")
+@click.option("--mask-threshold", type=click.FloatRange(0, 1, max_open=True),
+              help="Segmentation: this fixed threshold instead of the run's mask_threshold (0: search on OOF).")
 @data_option
 @runs_option
 @submissions_option
 def submit(name: str, run: str | None, fold_spec: str, tta: str | None, device: str | None,
-           batch_size: int | None, upload: bool, message: str | None, allow_unfinished: bool,
-           data_dir: str | None, runs_dir: str | None, submissions_dir: str | None) -> None:
+           batch_size: int | None, upload: bool, message: str | None, allow_unfinished: bool, checkpoint: str,
+           mask_threshold: float | None, data_dir: str | None, runs_dir: str | None,
+           submissions_dir: str | None) -> None:
     """Predict the test set and write submissions/NAME/<stamp>.csv.
 
     \b
     Example:
       compkit submit siim --folds 0,1,2 --tta hflip
       compkit submit plant-pathology --upload --message "effnet b3, 5 folds"
+      compkit submit siim --checkpoint last --mask-threshold 0.5
     """
     from compkit import pipeline
 
     path = pipeline.submit(name, places(data_dir, runs_dir, submissions_dir), run=run, fold_spec=fold_spec,
                            tta=tta, upload=upload, message=message, device=device, batch_size=batch_size,
-                           allow_unfinished=allow_unfinished)
+                           allow_unfinished=allow_unfinished, checkpoint=checkpoint, mask_threshold=mask_threshold)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--run-name", "--run", "run", envvar="COMPKIT_RUN",
+              help="Run id (default: latest; env COMPKIT_RUN).")
+@click.option("--fold", "fold_spec", default="0", show_default=True, metavar="K|K,K,...|all",
+              help="The fold(s) to average; all: every trained fold of the run.")
+@click.option("--top", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Average the weights of this many best epochs (by the validation metric) of those kept.")
+@click.option("--keep-if-better", is_flag=True,
+              help="Make the average best.pt when it scores better than best.pt (the previous one is kept as "
+                   "best_epoch.pt, oof.npz is rewritten). Without it only averaged.pt is written.")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (default: the run's).")
+@click.option("--batch-size", type=int, help="Validation batch size (default: the run's).")
+@data_option
+@runs_option
+def average(name: str, run: str | None, fold_spec: str, top: int, keep_if_better: bool, device: str | None,
+            batch_size: int | None, data_dir: str | None, runs_dir: str | None) -> None:
+    """Average the weights of a fold's best epochs (trained with --set keep_top=K), recompute BatchNorm,
+    score the average on the fold's validation rows: fold<K>/averaged.pt.
+
+    \b
+    Example:
+      compkit train siim --fold 0 --set keep_top=3 --run-name r1
+      compkit average siim --run r1 --fold 0 --top 3                   # prints its score against best.pt's
+      compkit average siim --run r1 --fold all --keep-if-better        # then submit uses the better one
+    """
+    from compkit import averaging
+
+    averaging.average(name, places(data_dir, runs_dir), run=run, fold_spec=fold_spec, top=top,
+                      keep_if_better=keep_if_better, device=device, batch_size=batch_size)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--run-name", "--run", "run", envvar="COMPKIT_RUN",
+              help="Run id (default: latest; env COMPKIT_RUN).")
+@click.option("--images", "images", required=True, type=click.Path(file_okay=False),
+              help="A folder of image files (png, jpg, jpeg, bmp, tif, tiff, webp) to predict.")
+@click.option("--labels", type=click.Path(dir_okay=False),
+              help="A CSV with columns image,label (file name, class name): print the accuracy and the "
+                   "confusion matrix.")
+@click.option("--out", type=click.Path(),
+              help="The CSV to write (a folder of PNG masks for segmentation); default "
+                   "predictions/NAME/<run>-<stamp>.csv (or that folder).")
+@click.option("--folds", "fold_spec", default="all", show_default=True, metavar="all|K,K,...[,full]",
+              help="The folds (and the full fit) whose predictions are averaged.")
+@click.option("--tta", type=click.Choice(["none", "hflip", "vflip", "flips", "d4"]),
+              help="Test-time augmentation (default: the run's config).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, help="Prediction batch size (default: the run's).")
+@runs_option
+def predict(name: str, run: str | None, images: str, labels: str | None, out: str | None, fold_spec: str,
+            tta: str | None, device: str | None, batch_size: int | None, runs_dir: str | None) -> None:
+    """Predict a folder of images with a run's folds and TTA, without a competition test table.
+
+    \b
+    Example:
+      compkit predict digits --run r1 --images my-digits/                 # predictions/digits/r1-<stamp>.csv
+      compkit predict digits --images my-digits/ --labels truth.csv       # + accuracy and confusion matrix
+      compkit predict siim --images xrays/ --out masks/                   # a PNG mask per image
+    """
+    from compkit import predict_folder
+
+    path = predict_folder.predict_folder(name, places(runs_dir=runs_dir), run=run, images=Path(images),
+                                         labels=Path(labels) if labels else None,
+                                         out=Path(out) if out else None, fold_spec=fold_spec, tta=tta,
+                                         device=device, batch_size=batch_size)
     click.echo(f"wrote {path}")
 
 

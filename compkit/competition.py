@@ -34,6 +34,7 @@ class Competition:
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
     kaggle: ClassVar[str | None] = None  # competition slug for download/upload, None if not on Kaggle
+    kaggle_dataset: ClassVar[str | None] = None  # "owner/slug" of a Kaggle dataset the data is (nothing to submit to)
     task: ClassVar[str] = "classification"  # classification | multilabel | segmentation
     classes: ClassVar[tuple[str, ...]] = ()
     metric: ClassVar[str] = "accuracy"
@@ -125,6 +126,16 @@ class Competition:
 
         columns = (self.id_column, self.label_column)
         return submission.labels_frame(test_table[self.id_column], predictions, self.classes, columns)
+
+    def test_targets(self, root: Path) -> np.ndarray | None:
+        """The targets of ``test_table``'s rows, in its order, when the test set is labelled (then
+        ``compkit submit`` scores its predictions); None, the default, when it is not."""
+        return None
+
+    def report(self, targets: np.ndarray, probabilities: np.ndarray) -> str | None:
+        """Text printed after a fold trains, from its out-of-fold targets and probabilities (e.g. a
+        confusion matrix); None, the default, prints nothing."""
+        return None
 
     def labels(self) -> list[str] | None:
         """The values allowed in a label submission's label column (None: not a label submission)."""

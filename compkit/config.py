@@ -35,7 +35,9 @@ RANGES = {
     "ema": (0.0, 1.0, True), "precise_bn": (0, None, True), "patience": (0, None, True),
     "n_folds": (2, None, True), "num_workers": (-1, MAX_WORKERS, True),
     "mixup": (0.0, None, True), "cutmix": (0.0, None, True), "mix_prob": (0.0, 1.0, True),
-    "mix_off_epoch": (0, None, True), "augment_magnitude": (0, 30, True),
+    "mix_off_epoch": (0, None, True), "augment_magnitude": (0, 30, True), "keep_top": (0, None, True),
+    "mask_threshold": (0.0, 0.999, True),
+    "soft_weight": (0.0, 1.0, True), "pseudo_threshold": (0.0, 1.0, True),
 }
 
 
@@ -74,7 +76,10 @@ class Config:
     patience: int = 0  # early stopping after this many epochs without improvement, 0 is off
     checkpoint: str = "metric"  # which epoch best.pt keeps: metric | train_loss | last
     swa: int = 0  # average the weights of the last this many epochs (SWA); best.pt if it scores better
+    drop_last: bool = True  # training: drop the last partial batch of an epoch (false: a small set loses no row)
+    keep_top: int = 0  # keep the this many best epochs' weights in fold<K>/top/ (compkit average), 0 is off
     tta: str = "hflip"  # none | hflip | vflip | flips | d4
+    mask_threshold: float = 0.0  # segmentation: 0 searches threshold and min_area on OOF; else this threshold, as is
     n_folds: int = 5  # folds of a new split (an existing folds.csv decides)
     seed: int = 42  # the split, the initial weights and every augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -267,6 +267,8 @@ def make_loader(
     num_workers: int = -1,
     seed: int = 0,
     device: str | torch.device = "auto",
+    weights: np.ndarray | None = None,
+    drop_last: bool | None = None,
 ) -> DataLoader:
     """A DataLoader of dict batches; shuffled and without a short last batch when ``train``.
 
@@ -274,7 +276,10 @@ def make_loader(
     ``default_workers()``. On CUDA, memory is pinned and workers persist between epochs. Each worker
     runs one thread; iterating the loader gives the main process its usable cores (``choose_threads``).
     Valid and test loaders over a dataset with ``normalized_in_batches`` (compkit's ArrayDataset with
-    a fixed transform ending in Normalize) normalise whole batches instead of each image.
+    a fixed transform ending in Normalize) normalise whole batches instead of each image. ``weights``:
+    per-row sampling weights of a training loader (``EpochSampler``). ``drop_last``: whether a training
+    loader drops its last partial batch (default: yes); a last batch of one sample is dropped anyway, since
+    BatchNorm cannot train on it.
     """
     sampler = EpochSampler(
         len(dataset),
@@ -291,7 +296,7 @@ def make_loader(
         SeededDataset(dataset),
         batch_size=batch_size,
         sampler=sampler,
-        drop_last=train,
+        drop_last=train and (drop_last is not False or _one_left(len(sampler), batch_size)),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=on_cuda,

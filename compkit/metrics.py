@@ -6,6 +6,8 @@ Targets and predictions follow the data contract: (N,) class indices or (N, C) t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -71,6 +73,26 @@ def dice_from_counts(intersection: np.ndarray, total: np.ndarray) -> np.ndarray:
     """Dice 2 * |A & B| / (|A| + |B|) from pixel counts, any shape; 1 where both masks are empty."""
     intersection, total = np.asarray(intersection, dtype=np.float64), np.asarray(total, dtype=np.float64)
     return np.where(total > 0, 2 * intersection / np.maximum(total, 1), 1.0)
+
+
+def confusion_table(targets: np.ndarray, probabilities: np.ndarray, names: Sequence[str]) -> str:
+    """The confusion matrix (rows: true class, columns: predicted) as aligned text under a title line.
+
+    ``targets``: (N,) class indices; ``probabilities``: (N, C), one column per name in ``names``.
+    """
+    from sklearn.metrics import confusion_matrix
+
+    targets, probabilities = np.asarray(targets), np.asarray(probabilities)
+    names = [str(name) for name in names]
+    predicted = _predicted_classes(probabilities)
+    matrix = confusion_matrix(targets, predicted, labels=list(range(len(names))))
+    side = max(map(len, names))
+    widths = [max(len(name), len(str(matrix.max()))) for name in names]
+    lines = ["confusion matrix (rows: true class, columns: predicted class):",
+             " " * side + "  " + "  ".join(name.rjust(width) for name, width in zip(names, widths))]
+    lines += [name.rjust(side) + "  " + "  ".join(str(count).rjust(width) for count, width in zip(row, widths))
+              for name, row in zip(names, matrix)]
+    return "\n".join(lines)
 
 
 def _predicted_classes(probabilities: np.ndarray) -> np.ndarray:

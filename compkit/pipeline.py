@@ -24,7 +24,8 @@ from compkit.config import Config, resolve
 from compkit.errors import CompkitError
 from compkit.places import Places
 
-RUNTIME_KEYS = {"device", "num_workers", "epochs", "patience", "tta"}  # may differ between folds of a run
+# may differ between folds of a run (keep_top only keeps more files)
+RUNTIME_KEYS = {"device", "num_workers", "epochs", "patience", "tta", "keep_top", "mask_threshold"}
 DRY_RUN_BATCHES = 2  # train --dry-run: batches of training and of validation
 DONE = "fold.json"  # written when a fold's training ends: its epochs, best epoch and score
 
@@ -309,6 +310,9 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
         if main:
             places.point_latest(runs_root, run)  # also for a resumed run that had no epoch left to train
             _io.write_text(out_dir / DONE, json.dumps({**result, "epochs": config.epochs}, indent=2, default=float) + "\n")
+            report = None if full else _fold_report(comp, out_dir)
+            if report:
+                echo(report)
     best = f"best epoch {result['best_epoch']}, {result['metric']} {result['best_score']:.5f}" if result["best_epoch"] else ""
     if full:
         best = f"{result['epochs_run']} epochs"
@@ -316,11 +320,22 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     return out_dir
 
 
+def _fold_report(comp: Competition, out_dir: Path) -> str | None:
+    """``comp.report`` on the fold's out-of-fold predictions (oof.npz), when the competition has a report."""
+    from compkit import oof
+
+    path = out_dir / "oof.npz"
+    if type(comp).report is Competition.report or not path.is_file():
+        return None
+    part = oof.load(path)
+    return comp.report(np.asarray(part.targets[:]), part.probabilities())
+
+
 def _dry_run(name: str, fold: int, where: Places, overrides: dict[str, Any] | None,
-             recipe_path: str | Path | None, full: bool, quiet: bool) -> Path:
+             recipe_path: str | Path | None, full: bool, quiet: bool, sources: Path | None = None) -> Path:
     """``train`` for one epoch of ``DRY_RUN_BATCHES`` batches in the scratch ``where.runs``; lists what it wrote."""
     out_dir = train(name, fold, where, overrides={**(overrides or {}), "epochs": 1}, recipe_path=recipe_path,
-                    run="dry-run", quiet=quiet, full=full, limit_batches=DRY_RUN_BATCHES)
+                    run="dry-run", quiet=quiet, full=full, limit_batches=DRY_RUN_BATCHES, sources=sources)
     written = sorted(path.name for path in out_dir.iterdir() if not path.name.startswith("."))
     echo(f"dry run passed: {DRY_RUN_BATCHES} training and {DRY_RUN_BATCHES} validation batches wrote "
          f"{', '.join(written)} (removed again; nothing was kept)")
@@ -498,7 +513,8 @@ def _check_run(run_dir: Path, config: Config) -> None:
     saved = run_dir / "config.json"
     if not saved.is_file():
         return
-    previous = json.loads(saved.read_text())
+    # a key the saved config lacks was added to compkit after the run was made: the run had its default
+    previous = {**Config().to_dict(), **json.loads(saved.read_text())}
     changed = {k for k, v in config.to_dict().items() if previous.get(k) != v} - RUNTIME_KEYS
     if changed:
         details = ", ".join(f"{k}: {previous.get(k)!r} -> {getattr(config, k)!r}" for k in sorted(changed))
@@ -545,8 +561,10 @@ def competition_table() -> list[str]:
 
 def submit(name: str, where: Places, *, run: str | None = None, fold_spec: str = "all",
            tta: str | None = None, upload: bool = False, message: str | None = None,
-           device: str | None = None, batch_size: int | None = None, allow_unfinished: bool = False) -> Path:
-    """Predict the test set with each chosen fold's best checkpoint, average, write and check.
+           device: str | None = None, batch_size: int | None = None, allow_unfinished: bool = False,
+           checkpoint: str = "best", mask_threshold: float | None = None) -> Path:
+    """Predict the test set with each chosen fold's best checkpoint (or ``checkpoint="last"``), average,
+    write and check. ``mask_threshold`` replaces the run's (segmentation; 0 searches it on OOF).
 
     With ``upload``, what can refuse the upload (demo data, no credentials) is checked first.
     """
@@ -559,7 +577,8 @@ def submit(name: str, where: Places, *, run: str | None = None, fold_spec: str =
     runs_root = where.runs / name
     run = places.resolve_run(runs_root, run)
     path = _submit.make_submission(comp, root, runs_root / run, where.submission_dir(name), fold_spec=fold_spec,
-                                   tta=tta, device=device, batch_size=batch_size, allow_unfinished=allow_unfinished)
+                                   tta=tta, device=device, batch_size=batch_size, allow_unfinished=allow_unfinished,
+                                   checkpoint=checkpoint, mask_threshold=mask_threshold)
     if upload:
         from compkit import kaggle
 
@@ -574,7 +593,10 @@ def submit(name: str, where: Places, *, run: str | None = None, fold_spec: str =
 
 def _check_upload(comp: Competition, root: Path) -> None:
     if not comp.kaggle:
-        raise CompkitError(f"{comp.name} is not a Kaggle competition: there is nowhere to upload")
+        source = (f": its data is the Kaggle dataset {comp.kaggle_dataset}, and a dataset has no competition to "
+                  "submit to" if comp.kaggle_dataset else "")
+        raise CompkitError(f"{comp.name} is not a Kaggle competition{source}; there is nowhere to upload "
+                           "(submit without --upload: the file and its sidecar stay in the submissions folder)")
     if (root / ".demo").exists():
         raise CompkitError(f"{root} holds demo data: a submission made from it cannot score on Kaggle; download "
                            f"the real data with compkit download {comp.name} --force, or submit without --upload")

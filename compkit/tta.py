@@ -14,7 +14,6 @@ from torch import Tensor
 
 from compkit.errors import CompkitError
 
-
 BATCH_PIXELS = 32 * 512 * 512  # at most this many input pixels (per channel) in one batched TTA call
 
 

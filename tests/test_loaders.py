@@ -195,3 +195,28 @@ def test_normalize_batch_applies_albumentations_table():
         [torch.from_numpy(normalize(image=image.numpy())["image"]).permute(2, 0, 1) for image in batch]
     )
     assert torch.equal(NormalizeBatch(normalize).apply(batch), expected)
+
+
+def test_drop_last_false_keeps_the_short_last_training_batch_but_never_one_of_a_single_sample():
+    from compkit.loaders import make_loader
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, size):
+            self.size = size
+
+        def __len__(self):
+            return self.size
+
+        def __getitem__(self, index):
+            return {"image": torch.zeros(1), "target": torch.tensor(index)}
+
+    def sizes(count, **options):
+        loader = make_loader(Rows(count), batch_size=4, train=True, num_workers=0, device="cpu", **options)
+        return [len(batch["target"]) for batch in loader]
+
+    assert sizes(10) == [4, 4]  # the default drops the partial batch
+    assert sizes(10, drop_last=False) == [4, 4, 2]
+    assert sizes(9, drop_last=False) == [4, 4]  # one sample alone would break BatchNorm in training
+    seen = torch.cat([b["target"] for b in make_loader(Rows(10), batch_size=4, train=True, num_workers=0,
+                                                        device="cpu", drop_last=False)])
+    assert sorted(seen.tolist()) == list(range(10))  # every row once: nothing lost

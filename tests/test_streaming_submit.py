@@ -76,3 +76,50 @@ def test_predict_batches_yields_one_merged_array_per_batch(trained):
     assert [len(b) for b in batches] == [min(40, len(test_table) - i) for i in range(0, len(test_table), 40)]
     assert all(b.shape[1] == comp.num_classes for b in batches)
     np.testing.assert_allclose(np.concatenate(batches).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_submit_with_the_last_checkpoint_predicts_with_last_pt(trained):
+    import shutil
+
+    import torch
+
+    tmp_path, env = trained
+    runs = tmp_path / "r" / "digits"
+    shutil.copytree(runs / "r1", runs / "r-last")
+    last = runs / "r-last" / "fold0" / "last.pt"
+    checkpoint = torch.load(last, weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    checkpoint["model"] = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+                           for k, v in checkpoint["model"].items()}  # last.pt now differs from best.pt
+    torch.save(checkpoint, last)
+    result = invoke("submit", "digits", "--run", "r-last", "--folds", "0", "--tta", "none", "--checkpoint", "last",
+                    "--device", "cpu", env=env)
+    assert result.exit_code == 0, result.output
+    assert "with each model's last.pt" in result.output
+    sidecar = json.loads(sorted((tmp_path / "s" / "digits").glob("*.json"))[-1].read_text())
+    assert sidecar["checkpoint"] == "last.pt"
+    comp = registry.get().competition("digits")
+    config = Config.from_dict(json.loads((runs / "r-last" / "config.json").read_text()))
+    root = tmp_path / "d" / "digits"
+    test_table = table(comp, root, "test")
+    by_last = _submit.predict(comp, config, root, runs / "r-last", ["fold0"], test_table, "none", "cpu", 64,
+                              checkpoint="last.pt")
+    by_best = _submit.predict(comp, config, root, runs / "r-last", ["fold0"], test_table, "none", "cpu", 64)
+    assert not np.allclose(by_last, by_best)
+    written = pd.read_csv(sorted((tmp_path / "s" / "digits").glob("*.csv"))[-1], dtype=str)
+    pd.testing.assert_frame_equal(written, comp.submission(test_table, by_last).astype(str), check_dtype=False)
+    (runs / "r-last" / "fold0" / "last.pt").unlink()
+    refused = CliRunner().invoke(cli, ["submit", "digits", "--run", "r-last", "--folds", "0", "--checkpoint", "last"],
+                                 env=env)
+    assert refused.exit_code == 1 and "no last.pt for fold0" in refused.output and "--checkpoint best" in refused.output
+
+
+def test_a_fixed_mask_threshold_skips_the_search(monkeypatch, tmp_path):
+    from compkit import postprocess
+
+    comp = registry.get().competition("siim")
+    monkeypatch.setattr(postprocess, "search_chunks", lambda *a, **k: pytest.fail("searched"))
+    params = _submit._postprocess(comp, Config(mask_threshold=0.4), tmp_path, {"oof": []})
+    assert params == {"threshold": 0.4, "min_area": 0}
+    with pytest.raises(Exception, match="mask_threshold"):
+        Config(mask_threshold=1.0)
