@@ -12,33 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
 from compkit import _train, averaging, engine, folds, registry
-from compkit.cli import cli
 from compkit.config import Config
 from compkit.errors import CompkitError
+from tests._cli import fast, invoke
 from tests.test_engine import build, loaders, scripted
 
 EPOCHS = 4
 KEEP = 3
-FAST = [
-    "--epochs",
-    str(EPOCHS),
-    "--batch-size",
-    "64",
-    "--device",
-    "cpu",
-    "--quiet",
-    "--set",
-    "num_workers=0",
-    "--set",
-    "model=timm/resnet10t",
-    "--set",
-    "precise_bn=0",
-    "--set",
-    f"keep_top={KEEP}",
-]
+FAST = fast(EPOCHS) + ["--set", f"keep_top={KEEP}"]
 LINE = re.compile(
     r"fold (\d+): average of epochs ([\d, ]+): accuracy ([\d.]+) against best epoch (\d+)'s ([\d.]+)"
 )
@@ -112,9 +95,6 @@ def test_keep_top_is_a_checked_config_key():
 
 # -- compkit average on the digits demo --------------------------------------------------------------------
 
-
-def invoke(*args, env):
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

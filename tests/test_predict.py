@@ -9,32 +9,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 from compkit import _submit, predict_folder, registry
-from compkit.cli import cli
 from compkit.config import Config
+from tests._cli import FAST, invoke, places_env
 
-FAST = [
-    "--epochs",
-    "1",
-    "--batch-size",
-    "64",
-    "--device",
-    "cpu",
-    "--quiet",
-    "--set",
-    "num_workers=0",
-    "--set",
-    "model=timm/resnet10t",
-    "--set",
-    "precise_bn=0",
-]
 IMAGES = 40
 
-
-def invoke(*args, env):
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +23,7 @@ def trained(tmp_path_factory):
     """Run "r" with folds 0 and 1 of the digits demo, a submission of it, and the first IMAGES test images as
     PNG files (0001.png, ...: ImageId) with their true labels."""
     base = tmp_path_factory.mktemp("predict")
-    env = {
-        "COMPKIT_DATA_DIR": str(base / "d"),
-        "COMPKIT_RUNS_DIR": str(base / "r"),
-        "COMPKIT_SUBMISSIONS_DIR": str(base / "s"),
-    }
+    env = places_env(base)
     assert invoke("download", "digits", "--demo", env=env).exit_code == 0
     result = invoke("train", "digits", "--folds", "0,1", "--run-name", "r", *FAST, env=env)
     assert result.exit_code == 0, result.output

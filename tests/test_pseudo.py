@@ -10,20 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
 from compkit import _pseudo, _train, oof, registry
-from compkit.cli import cli
 from compkit.config import Config
 from compkit.errors import CompkitError
+from tests._cli import FAST, invoke
 
-FAST = ["--epochs", "1", "--batch-size", "64", "--device", "cpu", "--quiet", "--set", "num_workers=0",
-        "--set", "model=timm/resnet10t", "--set", "precise_bn=0"]
 TRAIN_ROWS, TEST_ROWS = 300, 80
 
-
-def invoke(*args, env):
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

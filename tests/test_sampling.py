@@ -17,9 +17,9 @@ from compkit.cli import cli
 from compkit.config import Config
 from compkit.errors import CompkitError
 from compkit.loaders import EpochSampler, make_loader
+from tests._cli import fast
 
-FAST = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--quiet", "--set", "num_workers=0",
-        "--set", "model=timm/resnet10t", "--set", "precise_bn=0"]
+FAST = fast(batch_size=32)
 SKEWED = np.array([0] * 90 + [1] * 10)  # a 90/10 table
 
 

@@ -14,20 +14,13 @@ from compkit import _submit, _train, registry
 from compkit.cli import cli
 from compkit.config import Config
 from compkit.pipeline import table
-
-FAST = ["--epochs", "1", "--batch-size", "64", "--device", "cpu", "--quiet", "--set", "num_workers=0",
-        "--set", "model=timm/resnet10t", "--set", "precise_bn=0"]
-
-
-def invoke(*args, env):
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+from tests._cli import FAST, invoke, places_env
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("stream")
-    env = {"COMPKIT_DATA_DIR": str(tmp_path / "d"), "COMPKIT_RUNS_DIR": str(tmp_path / "r"),
-           "COMPKIT_SUBMISSIONS_DIR": str(tmp_path / "s")}
+    env = places_env(tmp_path)
     assert invoke("download", "digits", "--demo", env=env).exit_code == 0
     assert invoke("folds", "digits", "--n-folds", "3", env=env).exit_code == 0
     for fold in ("0", "1"):
