@@ -99,7 +99,8 @@ class Competition:
 
         targets = None if stage == "test" else table["target"].to_numpy()
         paths = [Path(root) / path for path in table["path"]]
-        return ImageDataset(paths, targets, self.transforms(stage, config), task=self.task)
+        return ImageDataset(paths, targets, self.transforms(stage, config), task=self.task,
+                            min_size=config.image_size)  # the default transforms resize to image_size
 
     def score(self, targets: np.ndarray, predictions: np.ndarray) -> float:
         """The competition's metric from targets and probabilities (see ``compkit.metrics``)."""

@@ -82,9 +82,22 @@ def check_files(paths: Sequence[Path]) -> None:
                            "check the data folder, or download it again with compkit download NAME --force")
 
 
-def read_image(path: Path, channels: int = 3) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, 3) RGB or (H, W) grayscale, after ``check_image``."""
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def read_image(path: Path, channels: int = 3, min_size: int | None = None) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, 3) RGB or (H, W) grayscale, after ``check_image``.
+
+    ``min_size``: the side the image is resized to next. A JPEG is then decoded by libjpeg at the
+    smallest 1/2, 1/4 or 1/8 scale whose sides stay at least that (Pillow's ``draft``), when one
+    does: a 2048x1365 photo for 512 px decodes at 1/2 scale, and the resize averages a quarter of
+    the pixels (bench/data_pipeline.py: the peer that does this).
+    """
     check_image(path)
+    if min_size and path.suffix.lower() in JPEG_SUFFIXES:
+        reduced = _reduced_jpeg(path, channels, min_size)
+        if reduced is not None:
+            return reduced
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     try:
         image = cv2.imread(str(path), flag)
@@ -94,6 +107,23 @@ def read_image(path: Path, channels: int = 3) -> np.ndarray:
         raise CompkitError(f"cannot decode image {path} (damaged, truncated or not an image): replace the "
                            "file, or download the data again with compkit download NAME --force")
     return image if channels == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _reduced_jpeg(path: Path, channels: int, min_size: int) -> np.ndarray | None:
+    """The JPEG decoded at a reduced scale covering ``min_size``, or None when no reduced scale does."""
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        with Image.open(path) as image:
+            full = image.size
+            image.draft(mode, (min_size, min_size))
+            if image.size == full:
+                return None  # no reduced scale covers min_size: OpenCV's full decode beats Pillow's
+            return np.asarray(image.convert(mode))
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or damaged: Pillow's OSError
+        raise CompkitError(f"cannot decode image {path} ({error}; damaged or truncated): replace the file, or "
+                           "download the data again with compkit download NAME --force") from None
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -274,10 +304,10 @@ class ImageDataset(ArrayDataset):
     """Images decoded from files on each access (``paths`` in place of an array)."""
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[Any] | None, transform: Any,
-                 task: str = "classification", channels: int = 3) -> None:
+                 task: str = "classification", channels: int = 3, min_size: int | None = None) -> None:
         super().__init__(list(paths), targets, transform, task)
-        self.channels = channels
+        self.channels, self.min_size = channels, min_size  # min_size: see read_image
         check_files(self.images)
 
     def load(self, index: int) -> np.ndarray:
-        return read_image(self.images[index], self.channels)
+        return read_image(self.images[index], self.channels, self.min_size)

@@ -93,3 +93,25 @@ def test_an_error_raised_in_a_loader_worker_reaches_the_user_without_the_worker_
     finally:
         cli.cli.commands.pop("refuse-in-worker")
     assert clean.value.message == "cannot decode image sample-0.png (damaged)"
+
+
+def test_a_jpeg_decodes_at_the_smallest_reduced_scale_that_covers_the_size(tmp_path):
+    import cv2
+    import numpy as np
+
+    from compkit.datasets import read_image
+
+    path = tmp_path / "photo.jpg"
+    gradient = np.linspace(0, 255, 1200, dtype=np.float32)
+    cv2.imwrite(str(path), np.stack([np.tile(gradient, (800, 1))] * 3, axis=-1).astype(np.uint8))
+    assert read_image(path).shape == (800, 1200, 3)
+    assert read_image(path, min_size=190).shape == (200, 300, 3)  # 1/4: both sides still >= 190
+    assert read_image(path, min_size=390).shape == (400, 600, 3)  # 1/2
+    assert read_image(path, min_size=500).shape == (800, 1200, 3)  # no reduced scale covers 500 x 500
+    assert read_image(path, channels=1, min_size=190).shape == (200, 300)
+    reduced = read_image(path, min_size=390).astype(np.float32)
+    full = cv2.resize(read_image(path), (600, 400), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert np.abs(reduced - full).mean() < 3  # the same picture
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CompkitError, match=r"cannot decode image .*photo\.jpg"):
+        read_image(path, min_size=190)
