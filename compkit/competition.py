@@ -99,8 +99,10 @@ class Competition:
 
         targets = None if stage == "test" else table["target"].to_numpy()
         paths = [Path(root) / path for path in table["path"]]
-        return ImageDataset(paths, targets, self.transforms(stage, config), task=self.task,
-                            min_size=config.image_size)  # the default transforms resize to image_size
+        # the default transforms resize to image_size, so a JPEG may decode at a reduced scale covering it;
+        # a plugin's own transforms may crop from a larger size first
+        min_size = config.image_size if type(self).transforms is Competition.transforms else None
+        return ImageDataset(paths, targets, self.transforms(stage, config), task=self.task, min_size=min_size)
 
     def score(self, targets: np.ndarray, predictions: np.ndarray) -> float:
         """The competition's metric from targets and probabilities (see ``compkit.metrics``)."""
