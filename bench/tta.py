@@ -47,13 +47,13 @@ def elapsed(function, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def paired_ms(fn, images: torch.Tensor, views, repeats: int) -> tuple[float, float]:
+def paired_ms(fn, images: torch.Tensor, views, repeats: int, dense: bool) -> tuple[float, float]:
     """Median ms of k plain predictions and of one k-view TTA prediction, measured alternately so
     that load from other processes falls on both sides alike."""
     plain, merged = [], []
     for _ in range(repeats):
         plain.append(elapsed(lambda: [fn(images) for _ in views], images.device))
-        merged.append(elapsed(lambda: tta.predict(fn, images, views), images.device))
+        merged.append(elapsed(lambda: tta.predict(fn, images, views, dense=dense), images.device))
     return statistics.median(plain) * 1e3, statistics.median(merged) * 1e3
 
 
@@ -66,8 +66,8 @@ def measure(device: torch.device, batch: int, size: int, repeats: int) -> list:
         with torch.inference_mode():
             for mode in MODES:
                 views = tta.views(mode)
-                paired_ms(fn, images, views, 2)  # warm-up: allocator, cuDNN algorithm choice
-                plain_ms, tta_ms = paired_ms(fn, images, views, repeats)
+                paired_ms(fn, images, views, 2, dense)  # warm-up: allocator, cuDNN algorithm choice
+                plain_ms, tta_ms = paired_ms(fn, images, views, repeats, dense)
                 task = "segmentation" if dense else "classification"
                 rows.append((task, mode, len(views), plain_ms, tta_ms))
     return rows

@@ -94,8 +94,8 @@ def source_run(runs_root: Path, name: str, key: str, run: str) -> Path:
 def oof_targets(comp: Competition, source: Path, table: pd.DataFrame, train_rows: np.ndarray) -> np.ndarray:
     """float32 (len(table), C): RUN's out-of-fold probabilities of the ``train_rows`` of ``table`` (rows
     summing to 1 for a softmax task), NaN on the other rows. Every training row must have one."""
-    if comp.task == "segmentation":
-        raise CompkitError(f"soft_targets: {comp.name} is segmentation; soft targets from out-of-fold "
+    if not comp.kind.soft_targets:
+        raise CompkitError(f"soft_targets: {comp.name} is {comp.kind.name}; soft targets from out-of-fold "
                            "probabilities are for classification and multi-label tasks")
     parts, unfinished = {}, []
     for path in sorted(source.glob("fold*/oof.npz")):
@@ -227,8 +227,8 @@ def pseudo_rows(comp: Competition, config: Config, source: Path, root: Path, tra
     ``validated`` (a fold, not a full fit) a note on the validation score."""
     from compkit.pipeline import table
 
-    if comp.task != "classification":
-        raise CompkitError(f"pseudo: hard pseudo-labels are for classification; {comp.name} is {comp.task}")
+    if not comp.kind.one_label:
+        raise CompkitError(f"pseudo: hard pseudo-labels are for classification; {comp.name} is {comp.kind.name}")
     test = table(comp, root, "test").reset_index(drop=True)
     probabilities = test_probabilities(comp, source, root, test, device)
     top, predicted = probabilities.max(axis=1), probabilities.argmax(axis=1)
@@ -281,9 +281,9 @@ def test_probabilities(comp: Competition, source: Path, root: Path, test: pd.Dat
                        device: str) -> np.ndarray:
     """float32 (N, C): the mean of RUN's finished folds' TTA probabilities on ``test``, from
     ``RUN/test_predictions.npz`` when it was made from the same checkpoints, TTA and test ids."""
-    from compkit import _submit
+    from compkit import _submit, runs
 
-    run_config = Config.from_dict(json.loads((source / "config.json").read_text()))
+    run_config = runs.run_config(source, comp)
     trained = sorted(int(path.parent.name[4:]) for path in source.glob("fold*/best.pt")
                      if path.parent.name[4:].isdigit())
     if not trained:

@@ -16,7 +16,7 @@ from compkit.competition import Competition
 from compkit.config import Config
 from compkit.errors import CompkitError
 from compkit.pipeline import echo, table
-from compkit.runs import cross_validation
+from compkit.runs import cross_validation, run_config
 
 SEARCH_LIMIT = 1000
 CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}  # submit --checkpoint
@@ -27,14 +27,15 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
                     tta: str | None = None, device: str | None = None, batch_size: int | None = None,
                     allow_unfinished: bool = False, checkpoint: str = "best",
                     mask_threshold: float | None = None) -> Path:
-    """Write ``out_dir/<stamp>.csv`` and its ``.json`` sidecar; returns the CSV path.
+    """Write ``out_dir/<stamp>.csv`` (or, for a competition with ``output_files``, the folder
+    ``out_dir/<stamp>/``) and its ``.json`` sidecar; returns the CSV (or the folder).
 
     A fold whose training did not end (interrupted, or still running) is refused unless
     ``allow_unfinished``; the sample submission is read before anything is predicted. ``checkpoint``:
     "best" (best.pt) or "last" (last.pt: the CV shown is still best.pt's, from its OOF). ``mask_threshold``
     replaces the run's (segmentation: 0 searches it on the OOF).
     """
-    config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    config = run_config(run_dir, comp)
     if mask_threshold is not None:
         config = config.replace(mask_threshold=mask_threshold)
     if checkpoint not in CHECKPOINTS:
@@ -63,33 +64,74 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
     else:
         echo("no CV: the full fit has no validation rows (add folds to see one: --folds all,full)")
     params = None
-    if comp.task == "segmentation":
+    if comp.kind.searches_postprocess and not comp.output_files:
         params = _postprocess(comp, config, run_dir, cv)
     cv.pop("oof", None)  # the out-of-fold maps are not needed while the test set is predicted
     test_table = table(comp, root, "test")
     held_out = HeldOutScore.for_test(comp, root, test_table)
     if checkpoint == "last":
         echo("predicting with each model's last.pt (the last epoch trained); the CV above is best.pt's")
-    frame = submission_rows(comp, config, root, run_dir, models, test_table, view_mode, device, batch_size, params,
-                            checkpoint=CHECKPOINTS[checkpoint], held_out=held_out)
+    arguments = (comp, config, root, run_dir, models, test_table, view_mode, device, batch_size)
+    if comp.output_files:
+        predictions = decided_rows(*arguments, checkpoint=CHECKPOINTS[checkpoint], held_out=held_out)
+    else:
+        frame = submission_rows(*arguments, params, checkpoint=CHECKPOINTS[checkpoint], held_out=held_out)
     test_score = None if held_out is None else held_out.report()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     # The sidecar claims the name (two submits in one second get two) and is written first: a kill
     # in between leaves a sidecar without its CSV, never a CSV nobody can trace back to its run.
-    with _io.new_file(out_dir, stamp, ".json", beside=(".csv",)) as sidecar_path:
+    with _io.new_file(out_dir, stamp, ".json", beside=(".csv", "")) as sidecar_path:
         sidecar = {
             "competition": comp.name, "run": run_dir.name, "folds": folds, "full": full, "tta": view_mode,
             "checkpoint": CHECKPOINTS[checkpoint],
             "cv_score": cv["score"], "fold_scores": cv["folds"], "metric": comp.metric, "postprocess": params,
             "test_score": test_score,
-            "config": config.to_dict(), "rows": len(frame), "code_version": code_version(comp),
+            "config": config.to_dict(), "rows": len(test_table), "code_version": code_version(comp),
             "written": datetime.datetime.now().isoformat(timespec="seconds"), "fold_training": trained,
             "demo_data": (root / ".demo").exists(),
         }
+        if comp.output_files:
+            return _write_folder(comp, test_table, predictions, sidecar_path, sidecar)
         _io.write_text(sidecar_path, json.dumps(sidecar, indent=2, default=str) + "\n")
         path = sidecar_path.with_suffix(".csv")
         submission.write(frame, path, comp.read_sample(root), comp.labels())  # checked, then written atomically
     return path
+
+
+def _write_folder(comp: Competition, test_table: Any, predictions: list[np.ndarray], sidecar_path: Path,
+                  sidecar: dict[str, Any]) -> Path:
+    """The competition's files (``write_files``) built in a staging folder that moves to ``<stamp>/`` only when
+    it returns; the sidecar, listing them, is written first beside it. Any failure leaves neither."""
+    folder = sidecar_path.with_suffix("")
+    with _io.staging(folder, "files") as staging:
+        written = comp.write_files(test_table, predictions, staging)
+        names = sorted(str(Path(path).relative_to(staging)) for path in written or [])
+        if not names:
+            raise CompkitError(f"{comp.name}.write_files wrote no file into {staging}")
+        outside = [name for name in names if not (staging / name).exists()]
+        if outside:
+            raise CompkitError(f"{comp.name}.write_files returned files it did not write: {', '.join(outside[:3])}")
+        _io.write_text(sidecar_path, json.dumps({**sidecar, "files": names}, indent=2, default=str) + "\n")
+        staging.rename(folder)
+    echo(f"wrote {len(names)} file(s) into {folder}")
+    return folder
+
+
+def decided_rows(comp: Competition, config: Config, root: Path, run_dir: Path, models: list[str],
+                 test_table: Any, view_mode: str, device: str | None, batch_size: int | None,
+                 checkpoint: str = "best.pt", held_out: HeldOutScore | None = None) -> list[np.ndarray]:
+    """Per test row, what a file output receives (``Task.decided``): kept one array per image, so images
+    of different sizes need no common shape."""
+    rows, start = [], 0
+    for probabilities in predict_batches(comp, config, root, run_dir, models, test_table, view_mode, device,
+                                         batch_size, checkpoint):
+        if held_out is not None:
+            held_out.add(probabilities, start)
+        rows.extend(comp.kind.decided(probability) for probability in probabilities)
+        start += len(probabilities)
+    if not rows:
+        raise CompkitError(f"{comp.name}'s test table has no rows: nothing to predict")
+    return rows
 
 
 def choose_models(run_dir: Path, spec: str) -> tuple[list[int], bool]:
@@ -128,7 +170,7 @@ def _postprocess(comp: Competition, config: Config, run_dir: Path, cv: dict[str,
         return params
     parts = cv["oof"]
     chosen = search_sample(sum(map(len, parts)), config.seed)
-    params = postprocess.search_chunks(sampled_chunks(parts, chosen), triple=comp.triple_threshold)
+    params = postprocess.search_chunks(sampled_chunks(parts, chosen), triple=getattr(comp.kind, "triple_threshold", False))
     _io.write_text(saved, json.dumps(params, indent=2) + "\n")
     echo(f"post-processing chosen on out-of-fold predictions: {params}")
     return params
@@ -241,7 +283,7 @@ class HeldOutScore:
 
     def __init__(self, comp: Competition, targets: np.ndarray) -> None:
         self.comp, self.targets, self.parts = comp, np.asarray(targets), []
-        self.per_image = comp.image_scores() if comp.task == "segmentation" else None
+        self.per_image = comp.image_scores()
 
     @classmethod
     def for_test(cls, comp: Competition, root: Path, test_table: Any) -> HeldOutScore | None:
@@ -257,6 +299,8 @@ class HeldOutScore:
         """The probabilities of test rows ``start:start + B``, (B, C) or (B, H, W)."""
         if self.per_image is not None:
             probabilities = self.per_image(self.targets[start:start + len(probabilities)], probabilities)
+        else:
+            probabilities = self.comp.kind.kept(probabilities)
         self.parts.append(probabilities)
 
     def score(self) -> float:
@@ -269,7 +313,7 @@ class HeldOutScore:
 
         score = self.score()
         echo(f"test {self.comp.metric} {score:.5f} on the held-out split ({len(self.targets)} samples)")
-        if self.comp.task == "classification" and self.targets.ndim == 1:
+        if self.comp.kind.one_label and self.targets.ndim == 1:
             echo(confusion_table(self.targets, np.concatenate(self.parts), self.comp.classes))
         return score
 

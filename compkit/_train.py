@@ -166,7 +166,7 @@ def device_loader(comp: Competition, dataset: Any, config: Config, device: str,
         raise CompkitError(f"gpu_data needs the images in memory (an ArrayDataset); {comp.name}'s training "
                            f"dataset is a {type(dataset).__name__}: use --set gpu_data=false")
     return DeviceLoader(dataset.selected_images(), dataset.targets, batch_size=config.batch_size, mean=comp.mean,
-                        std=comp.std, device=engine.resolve_device(device), size=config.image_size,
+                        std=comp.std, device=engine.resolve_device(device), size=config.size,
                         seed=config.seed, weights=weights)
 
 
@@ -174,7 +174,7 @@ def make_engine(comp: Competition, config: Config, model: Any, loss: Any = None,
                 schedule: Any = None, *, quiet: bool = False, device: str | None = None) -> engine.Engine:
     """An Engine with the config's precision, layout and EMA settings."""
     return engine.Engine(
-        model, loss, optimizer, schedule, activation=comp.activation, device=device or config.device,
+        model, loss, optimizer, schedule, task=comp.kind, device=device or config.device,
         amp=config.amp, channels_last=config.channels_last, compile=config.compile,
         accumulate=config.accumulate, clip_grad=config.clip_grad, ema=config.ema,
         precise_bn=config.precise_bn, seed=config.seed, quiet=quiet,
@@ -202,8 +202,8 @@ def mixing(comp: Competition, config: Config) -> Callable[[Any, Any, int], tuple
     """
     if not (config.mixup or config.cutmix):
         return None
-    if comp.task != "classification":
-        raise CompkitError(f"mixup and cutmix are for classification; {comp.name} is {comp.task}: set both to 0")
+    if not comp.kind.one_label:
+        raise CompkitError(f"mixup and cutmix are for classification; {comp.name} is {comp.kind.name}: set both to 0")
     import torch
     from timm.data import Mixup
 

@@ -22,6 +22,7 @@ from compkit.competition import Competition
 from compkit.config import Config
 from compkit.errors import CompkitError
 from compkit.places import Places
+from compkit.runs import run_config
 
 AVERAGED = "averaged.pt"
 BEST_EPOCH = "best_epoch.pt"  # best.pt as training left it, once the average replaced it
@@ -45,7 +46,7 @@ def average(name: str, where: Places, *, run: str | None = None, fold_spec: str 
     runs_root = where.runs / name
     run = places.resolve_run(runs_root, run)
     run_dir = runs_root / run
-    config = run_config(run_dir)
+    config = run_config(run_dir, comp)
     folds = chosen_folds(run_dir, fold_spec)
     plans = {k: top_checkpoints(comp, run_dir / f"fold{k}", top, run, name) for k in folds}
     rows, assignment = _split(comp, root, run_dir)
@@ -59,11 +60,7 @@ def average(name: str, where: Places, *, run: str | None = None, fold_spec: str 
     return results
 
 
-def run_config(run_dir: Path) -> Config:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise CompkitError(f"{path} is missing: {run_dir} is not a trained run (compkit train writes it)")
-    return Config.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
 
 
 def chosen_folds(run_dir: Path, spec: str) -> list[int]:
@@ -163,7 +160,8 @@ def _split(comp: Competition, root: Path, run_dir: Path) -> tuple[Any, Any]:
     from compkit import folds, pipeline
 
     rows = pipeline.table(comp, root, "train")
-    split = folds.read(run_dir if (run_dir / folds.FILE_NAME).is_file() else root)
+    split = (folds.read(run_dir) if (run_dir / folds.FILE_NAME).is_file()
+             else folds.read(root, folds.file_name(comp)))
     return rows, folds.assignments(rows, split, comp.id_column)
 
 

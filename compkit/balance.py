@@ -27,11 +27,12 @@ def check(comp: Competition, config: Config) -> None:
     chosen = " and ".join(name for name, off in ((f"class_weights = {config.class_weights}", "none"),
                                                  (f"sampler = {config.sampler}", "uniform"))
                           if not name.endswith(f"= {off}"))
-    if comp.task == "segmentation":
-        raise CompkitError(f"{chosen}: class balance is for classification; {comp.name} is segmentation (its "
+    task = _task(comp)
+    if task.dense:
+        raise CompkitError(f"{chosen}: class balance is for classification; {comp.name} is {task.name} (its "
                            "classes are pixels): set class_weights = none and sampler = uniform")
-    if config.sampler == "balanced" and comp.task != "classification":
-        raise CompkitError(f"sampler = balanced draws rows by their one class; {comp.name} is {comp.task} (a "
+    if config.sampler == "balanced" and not task.one_label:
+        raise CompkitError(f"sampler = balanced draws rows by their one class; {comp.name} is {task.name} (a "
                            "row has several): set sampler = uniform (class_weights = balanced works for "
                            "multi-label)")
     if config.class_weights == "balanced":
@@ -65,7 +66,7 @@ def class_labels(comp: Competition, targets: np.ndarray) -> np.ndarray:
     """Classification: int64 (N,) the class of each row (the argmax of a dense target). Multi-label:
     int64 (N, C), 1 where a class is present (a target of at least 0.5)."""
     targets = np.asarray(targets)
-    if comp.task == "multilabel":
+    if _task(comp).several_labels:
         return (targets.reshape(len(targets), -1) >= 0.5).astype(np.int64)
     labels = targets.argmax(axis=1) if targets.ndim == 2 else targets.astype(np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= comp.num_classes):
@@ -78,7 +79,7 @@ def class_weights(comp: Competition, labels: np.ndarray) -> np.ndarray:
     """float32 (C,): n / (k * count_c) per class (classification), negatives / positives (multi-label).
     A class with no training rows (or, multi-label, no negatives) is an error: its weight is infinite."""
     n, k = len(labels), comp.num_classes
-    if comp.task == "multilabel":
+    if _task(comp).several_labels:
         positives = labels.sum(axis=0)
         negatives = n - positives
         empty = [comp.classes[c] for c in range(k) if positives[c] == 0 or negatives[c] == 0]
@@ -110,3 +111,9 @@ def _refuse_empty(comp: Competition, classes: list[str], why: str) -> None:
     if classes:
         raise CompkitError(f"class_weights = balanced: class(es) {', '.join(classes)} of {comp.name} are "
                            f"{why} of this fold, so their weight would be infinite: set class_weights = none")
+
+
+def _task(comp: Any) -> Any:
+    from compkit import tasks
+
+    return tasks.of(comp)

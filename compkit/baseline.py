@@ -12,7 +12,6 @@ import numpy as np
 
 from compkit.competition import Competition
 from compkit.config import Config
-from compkit.errors import CompkitError
 
 
 def pixels(comp: Competition, table: Any, root: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,12 +43,12 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, n
 def cross_validate(comp: Competition, table: Any, assignment: np.ndarray, root: Any, *, size: int, trees: int,
                    seed: int = Config.seed) -> dict[str, Any]:
     """Per-fold and overall out-of-fold scores of the forest on the competition's folds."""
-    if comp.task != "classification":
-        raise CompkitError(f"compkit baseline is for classification; {comp.name} is {comp.task}")
+    if not comp.kind.one_label:
+        raise comp.kind.refuse(comp, "compkit baseline", "single-label classification")
     x, y = pixels(comp, table, root, size)
     probabilities = np.zeros((len(x), comp.num_classes), dtype=np.float32)
     scores = {}
-    for fold in sorted(set(assignment.tolist())):
+    for fold in sorted(set(assignment.tolist()) - {-1}):  # -1: rows only ever trained on
         valid = assignment == fold
         probabilities[valid] = fit_predict(x[~valid], y[~valid], x[valid], comp.num_classes, trees=trees, seed=seed)
         scores[fold] = float(comp.score(y[valid], probabilities[valid]))

@@ -175,15 +175,35 @@ def _loss(name: str) -> Callable[..., Any]:
 
     def weighted(class_weights: Any = None, competition: Any = None) -> Any:
         """``class_weights`` (config class_weights = balanced): CE's per-class ``weight``; for BCE the
-        ``pos_weight`` of each class on a multi-label task, else a per-class ``weight``."""
-        from compkit import losses
+        ``pos_weight`` of each class on a multi-label task, else a per-class ``weight``. Cross entropy on a
+        task with an ignore index (multi-class segmentation) does not score those pixels."""
+        from compkit import losses, tasks
 
+        task = tasks.of(competition) if competition is not None else None
+        options = {}
+        ignore = task.ignored(competition) if task is not None else None
+        if ignore is not None and name in IGNORING_LOSSES:
+            options["ignore_index"] = ignore
         if class_weights is None:
-            return getattr(losses, name)()
-        if name == "BinaryCrossEntropy" and getattr(competition, "task", None) == "multilabel":
+            return getattr(losses, name)(**options)
+        if name == "BinaryCrossEntropy" and task is not None and task.several_labels:
             return losses.BinaryCrossEntropy(pos_weight=class_weights)
-        return getattr(losses, name)(weight=class_weights)
+        return getattr(losses, name)(weight=class_weights, **options)
 
+    def dice(competition: Any = None) -> Any:
+        """Binary soft Dice (``compkit.losses.DiceLoss``), or smp's multi-class Dice (ignore index honoured)
+        when the competition's task is multi-class segmentation."""
+        from compkit import losses, tasks
+
+        task = tasks.of(competition) if competition is not None else None
+        if task is not None and task.dice_mode == "multiclass":
+            from segmentation_models_pytorch.losses import DiceLoss
+
+            return DiceLoss("multiclass", ignore_index=task.ignored(competition))
+        return losses.DiceLoss()
+
+    if name == "DiceLoss":
+        return dice
     return weighted if name in WEIGHTED_LOSSES else factory
 
 
@@ -196,6 +216,15 @@ LOSSES = {
     "focal": "FocalLoss",
 }
 WEIGHTED_LOSSES = ("CrossEntropy", "SmoothCrossEntropy", "BinaryCrossEntropy")  # take class_weights
+IGNORING_LOSSES = ("CrossEntropy", "SmoothCrossEntropy")  # take an ignore_index
+
+
+@hookimpl
+def register_tasks(register: Callable[[Any], None]) -> None:
+    from compkit import tasks
+
+    for task in tasks.BUILTIN:
+        register(task)
 
 
 @hookimpl

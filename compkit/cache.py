@@ -1,7 +1,8 @@
 """A resized-input cache: decode and resize images once into a uint8 .npy that epochs and folds reuse.
 
 The file name carries a hash of the sources (path, size, mtime), the working size and the reader,
-so a change to any of them makes a new cache and the stale one is removed.
+so a change to any of them makes a new cache and the stale one is removed. The working size is a
+square's side or (height, width): ``images-320x480-...`` and ``images-480x320-...`` are two caches.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from compkit import _io
+from compkit.config import height_width, size_text
 from compkit.datasets import check_files, read_image
 from compkit.errors import CompkitError
 from compkit.loaders import usable_cores
@@ -39,18 +41,21 @@ def fingerprint(paths: Sequence[Path], *parts: object) -> str:
     return digest.hexdigest()[:16]
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize to ``size`` x ``size``; INTER_AREA when shrinking keeps thin structures (and is fast)."""
-    if image.shape[:2] == (size, size):
+def resize(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+    """Resize to ``size`` x ``size``, or to (height, width); INTER_AREA when shrinking keeps thin structures
+    (and is fast)."""
+    height, width = height_width(size)
+    if image.shape[:2] == (height, width):
         return image
-    shrinking = image.shape[0] > size or image.shape[1] > size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    shrinking = image.shape[0] > height or image.shape[1] > width
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def resized_images(paths: Sequence[Path], size: int, cache_dir: Path, *, channels: int = 3,
+def resized_images(paths: Sequence[Path], size: int | Sequence[int], cache_dir: Path, *, channels: int = 3,
                    read: Reader | None = None, name: str = "images", workers: int | None = None,
                    progress: bool = True) -> np.ndarray:
-    """All ``paths`` decoded and resized: a read-only uint8 memmap (N, size, size[, channels]).
+    """All ``paths`` decoded and resized: a read-only uint8 memmap (N, H, W[, channels]), ``size`` a
+    square's side or (H, W).
 
     Built once (large files in parallel threads, see ``_threads``; chunks of files per task), then
     reused by every later epoch, fold and run.
@@ -59,13 +64,14 @@ def resized_images(paths: Sequence[Path], size: int, cache_dir: Path, *, channel
     paths = [p if isinstance(p, Path) else Path(p) for p in paths]  # Path(a Path) parses it again: ~5 µs
     check_files(paths)
     reader_name = getattr(read, "__qualname__", "read")
-    key = fingerprint(paths, size, channels, reader_name)
+    label = size_text(size)  # "320" for a square, as before (its caches keep their names); "320x480" for H x W
+    key = fingerprint(paths, label, channels, reader_name)
     # which files (not their contents): two lists cached under one name never evict each other
     listing = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:8]
-    target = Path(cache_dir) / f"{name}-{size}-{listing}-{key}.npy"
+    target = Path(cache_dir) / f"{name}-{label}-{listing}-{key}.npy"
     if target.is_file():
         return np.load(target, mmap_mode="r")
-    shape = (len(paths), size, size) + ((channels,) if channels > 1 else ())
+    shape = (len(paths), *height_width(size)) + ((channels,) if channels > 1 else ())
     with _io.atomic_path(target) as temporary:
         array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
 
@@ -76,12 +82,12 @@ def resized_images(paths: Sequence[Path], size: int, cache_dir: Path, *, channel
 
         threads = workers or _threads(paths)
         with ThreadPoolExecutor(threads) as pool:
-            bar = tqdm(total=len(paths), desc=f"caching {name} at {size}px", unit="img", disable=not progress)
+            bar = tqdm(total=len(paths), desc=f"caching {name} at {label}px", unit="img", disable=not progress)
             for done in pool.map(fill, chunks(len(paths), threads)):
                 bar.update(done)
             bar.close()
         array.flush()
-    for stale in Path(cache_dir).glob(f"{name}-{size}-{listing}-*.npy"):  # other sizes stay usable
+    for stale in Path(cache_dir).glob(f"{name}-{label}-{listing}-*.npy"):  # other sizes stay usable
         if stale != target:
             stale.unlink(missing_ok=True)
     return np.load(target, mmap_mode="r")

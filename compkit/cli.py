@@ -106,12 +106,56 @@ def folds(name: str, n_folds: int, seed: int, force: bool, data_dir: str | None)
 
 
 def _config_epilog() -> str:
+    """The config keys for the help text: the core's, then each competition's own (a Config subclass)."""
     from compkit import config
 
-    return "\b\nConfig keys (--set KEY=VALUE, or a recipe TOML), with their defaults:\n" + config.help_text()
+    text = "\b\nConfig keys (--set KEY=VALUE, or a recipe TOML), with their defaults:\n" + config.help_text()
+    for name, cls in _competition_configs():
+        text += (f"\n\n\b\n{name}'s own keys ({cls.__name__}):\n"
+                 + config.help_text(cls, only=config.own_keys(cls)))
+    return text
 
 
-@cli.command(epilog=_config_epilog())
+def _competition_configs() -> list[tuple[str, type]]:
+    """(name, config class) of each installed competition whose defaults add keys of their own."""
+    from compkit import config, registry
+
+    try:
+        competitions = registry.get().competitions
+    except CompkitError:
+        return []  # compkit plugins reports why
+    found = [(name, type(comp.defaults)) for name, comp in sorted(competitions.items())]
+    return [(name, cls) for name, cls in found if config.own_keys(cls)]
+
+
+class ConfigHelp(click.Command):
+    """A command whose --help ends with the config keys, read when the help is shown (plugins loaded)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text(_config_epilog())
+
+
+def _image_size(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """--image-size 320, 320,480 or 320x480 (height, width), checked as the config checks image_size."""
+    from compkit.config import parse_size
+
+    try:
+        return None if value is None else parse_size(value)
+    except CompkitError as error:
+        raise click.BadParameter(user_message(error)) from None
+
+
+def _parse_sets(name: str, sets: tuple[str, ...]) -> dict[str, Any]:
+    """--set KEY=VALUE typed by competition ``name``'s config class, so its own keys are valid too."""
+    from compkit import pipeline
+    from compkit.config import parse_sets
+
+    return parse_sets(sets, type(pipeline.competition(name).defaults)) if sets else {}
+
+
+@cli.command(cls=ConfigHelp)
 @click.argument("name")
 @click.option("--fold", type=int, help="The fold to validate on (default 0).")
 @click.option("--full", is_flag=True,
@@ -133,7 +177,9 @@ def _config_epilog() -> str:
 @click.option("--batch-size", type=int, help="Images per step and process (batch_size).")
 @click.option("--lr", type=float, help="The body's learning rate (lr).")
 @click.option("--model", help="Registered model, e.g. timm/resnet18 or unet/resnet34 (compkit plugins lists them).")
-@click.option("--image-size", type=int, help="Square side in pixels the images are resized to (image_size).")
+@click.option("--image-size", metavar="SIZE|H,W", callback=_image_size,
+              help="Pixels the images are resized to: a square's side, or height,width as 320,480 or 320x480 "
+                   "(image_size).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--init-from", metavar="RUN[/foldK]",
               help="Start from another run's best weights (its same fold unless /foldK is given): a second stage "
@@ -174,10 +220,9 @@ def train(name: str, fold: int | None, full: bool, dry_run: bool, fold_spec: str
       compkit train siim-classification --fold 0 --set class_weights=balanced --set sampler=balanced
     """
     from compkit import pipeline
-    from compkit.config import parse_sets
 
     overrides = {key: value for key, value in flags.items() if value is not None}
-    overrides.update(parse_sets(sets))
+    overrides.update(_parse_sets(name, sets))
     options = {"overrides": overrides, "recipe_path": recipe, "run": run, "resume": resume, "quiet": quiet}
     if sum((fold is not None, fold_spec is not None, full)) > 1:
         raise click.UsageError("give one of --fold K, --folds SPEC and --full")
@@ -349,7 +394,7 @@ def baseline(name: str, size: int, trees: int, data_dir: str | None) -> None:
     pipeline.baseline(name, places(data_dir), size=size, trees=trees)
 
 
-@cli.command("lr-find")
+@cli.command("lr-find", cls=ConfigHelp)
 @click.argument("name")
 @click.option("--fold", type=int, default=0, show_default=True, help="Whose training rows to use.")
 @click.option("--recipe", help="A recipe TOML file or a shipped recipe's name, as for train.")
@@ -369,9 +414,8 @@ def lr_find(name: str, fold: int, recipe: str | None, start: float, end: float, 
       compkit lr-find digits --fold 0 --recipe demo
     """
     from compkit import pipeline
-    from compkit.config import parse_sets
 
-    pipeline.lr_find(name, fold, places(data_dir, runs_dir), overrides=parse_sets(sets), recipe_path=recipe,
+    pipeline.lr_find(name, fold, places(data_dir, runs_dir), overrides=_parse_sets(name, sets), recipe_path=recipe,
                      start=start, end=end, iterations=iterations)
 
 

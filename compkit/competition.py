@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch.utils.data
 
-TASKS = ("classification", "multilabel", "segmentation")
+    from compkit.tasks import Task
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -35,7 +36,9 @@ class Competition:
     title: ClassVar[str] = ""
     kaggle: ClassVar[str | None] = None  # competition slug for download/upload, None if not on Kaggle
     kaggle_dataset: ClassVar[str | None] = None  # "owner/slug" of a Kaggle dataset the data is (nothing to submit to)
-    task: ClassVar[str] = "classification"  # classification | multilabel | segmentation
+    # a task name (classification | multilabel | segmentation | multiclass-segmentation, or a plugin's)
+    # or a compkit.tasks.Task instance, e.g. Segmentation(triple_threshold=True)
+    task: ClassVar[str | Task] = "classification"
     classes: ClassVar[tuple[str, ...]] = ()
     metric: ClassVar[str] = "accuracy"
     higher_is_better: ClassVar[bool] = True
@@ -44,8 +47,9 @@ class Competition:
     group: ClassVar[str | None] = None  # samples sharing this column's value stay in one fold
     label_column: ClassVar[str] = "label"  # the submission's column for a predicted class name
     sample_submission: ClassVar[str | None] = "sample_submission.csv"  # relative to the data root
-    # segmentation: also search the SIIM winners' rule (empty unless enough confident pixels)
-    triple_threshold: ClassVar[bool] = False
+    ignore_index: ClassVar[int] = 255  # multi-class segmentation: the target value of pixels not scored
+    data_name: ClassVar[str | None] = None  # a variant reads this competition's data folder (None: its own)
+    output_files: ClassVar[bool] = False  # the submission is files (write_files), not a table
     in_channels: ClassVar[int] = 3
     mean: ClassVar[tuple[float, ...]] = IMAGENET_MEAN
     std: ClassVar[tuple[float, ...]] = IMAGENET_STD
@@ -72,14 +76,21 @@ class Competition:
     # -- defaults a plugin may override -------------------------------------------------------
 
     @property
+    def kind(self) -> Task:
+        """The competition's task as an object (``compkit.tasks.Task``), whichever way ``task`` names it."""
+        from compkit import tasks
+
+        return tasks.of(self)
+
+    @property
     def num_classes(self) -> int:
-        """Output channels of the model: one per class, one for binary segmentation."""
-        return 1 if self.task == "segmentation" else len(self.classes)
+        """Output channels of the model (the task decides: one per class, one for binary segmentation)."""
+        return self.kind.outputs(self)
 
     @property
     def activation(self) -> str:
-        """How logits become probabilities."""
-        return "softmax" if self.task == "classification" else "sigmoid"
+        """How logits become probabilities (the task's)."""
+        return self.kind.activation
 
     def transforms(self, stage: str, config: Config) -> Any:
         """An albumentations pipeline for ``stage`` (train|valid|test): resize, flip, normalise."""
@@ -87,7 +98,7 @@ class Competition:
         import cv2
 
         # area interpolation: linear aliases when a photo shrinks several times over
-        steps = [A.Resize(config.image_size, config.image_size, interpolation=cv2.INTER_AREA)]
+        steps = [A.Resize(*config.size, interpolation=cv2.INTER_AREA)]
         if stage == "train":
             steps.append(A.HorizontalFlip(p=0.5))
         steps.append(A.Normalize(mean=self.mean, std=self.std))
@@ -100,9 +111,10 @@ class Competition:
         targets = None if stage == "test" else table["target"].to_numpy()
         paths = [Path(root) / path for path in table["path"]]
         # the default transforms resize to image_size, so a JPEG may decode at a reduced scale covering it;
-        # a plugin's own transforms may crop from a larger size first
-        min_size = config.image_size if type(self).transforms is Competition.transforms else None
-        return ImageDataset(paths, targets, self.transforms(stage, config), task=self.task, min_size=min_size)
+        # a plugin's own transforms may crop from a larger size first. read_image keeps both decoded sides at
+        # least min_size, so max(H, W) covers an H x W resize whatever the photo's orientation
+        min_size = max(config.size) if type(self).transforms is Competition.transforms else None
+        return ImageDataset(paths, targets, self.transforms(stage, config), task=self.kind, min_size=min_size)
 
     def score(self, targets: np.ndarray, predictions: np.ndarray) -> float:
         """The competition's metric from targets and probabilities (see ``compkit.metrics``)."""
@@ -111,17 +123,15 @@ class Competition:
         function = getattr(metrics, self.metric.replace("-", "_"), None)
         if function is None:
             raise CompkitError(f"{self.name}: no metric {self.metric!r} in compkit.metrics; override score()")
+        if function in (metrics.miou, metrics.pixel_accuracy):
+            return float(function(targets, predictions, ignore_index=self.ignore_index))
         return float(function(targets, predictions))
 
     def image_scores(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
         """The score per sample, ``f(targets, probabilities) -> (N,)``, when ``score`` is its mean over
-        samples (then the CV is computed a chunk of images at a time); None otherwise. The default
-        knows ``compkit.metrics.PER_IMAGE`` (Dice) and gives None when ``score`` is overridden."""
-        from compkit import metrics
-
-        if type(self).score is not Competition.score:
-            return None
-        return metrics.PER_IMAGE.get(self.metric.replace("-", "_"))
+        samples (then the CV is computed a chunk of images at a time); None otherwise. The task decides
+        (binary segmentation knows ``compkit.metrics.PER_IMAGE``, Dice; None when ``score`` is overridden)."""
+        return self.kind.image_scores(self)
 
     def submission(self, test_table: pd.DataFrame, predictions: np.ndarray) -> pd.DataFrame:
         """Submission rows: the id and the predicted class name."""
@@ -129,6 +139,19 @@ class Competition:
 
         columns = (self.id_column, self.label_column)
         return submission.labels_frame(test_table[self.id_column], predictions, self.classes, columns)
+
+    def fixed_split(self, table: pd.DataFrame, root: Path) -> np.ndarray | None:
+        """A split the competition provides (an official train/val list): one fold per row of ``table``,
+        0..K-1 where the row is validated, -1 for a row only ever trained on. None, the default: k-fold
+        from ``n_folds`` (stratified on ``stratify``, grouped on ``group``)."""
+        return None
+
+    def write_files(self, test_table: pd.DataFrame, predictions: list[np.ndarray], folder: Path) -> list[Path]:
+        """With ``output_files``: write the submission files into the empty staging ``folder`` and return
+        them. ``predictions[i]`` is test row i's (``Task.decided``: probabilities (C,) or a binary (H, W)
+        map; uint8 (H, W) class indices for multi-class segmentation). Check everything before writing
+        anything (raise CompkitError); the core moves the folder to ``submissions/NAME/<stamp>/``."""
+        raise CompkitError(f"{self.name} sets output_files but does not implement write_files()")
 
     def test_targets(self, root: Path) -> np.ndarray | None:
         """The targets of ``test_table``'s rows, in its order, when the test set is labelled (then
@@ -142,7 +165,7 @@ class Competition:
 
     def labels(self) -> list[str] | None:
         """The values allowed in a label submission's label column (None: not a label submission)."""
-        return list(self.classes) if self.task == "classification" else None
+        return self.kind.label_names(self)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -175,4 +198,4 @@ class Competition:
 
     def describe(self) -> str:
         """A one-line summary for listings."""
-        return f"{self.name}: {self.title or self.name} ({self.task}, {self.metric})"
+        return f"{self.name}: {self.title or self.name} ({self.kind.name}, {self.metric})"

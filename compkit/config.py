@@ -1,13 +1,17 @@
 """The training recipe: defaults <- competitions/<name>.toml <- CLI flags; saved with every run.
 
 ``Config`` is a frozen dataclass, so a competition's ``defaults`` is an immutable class
-attribute and every value is type-checked when it is set, wherever it comes from.
+attribute and every value is type-checked when it is set, wherever it comes from. A plugin adds its
+own typed keys by subclassing it (``class VocConfig(Config): crop_height: int = 320  # doc``); the core
+builds every config of that competition from ``type(competition.defaults)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -25,15 +29,16 @@ CHOICES = {"amp": AMP_MODES, "scheduler": SCHEDULERS, "tta": TTA_MODES,
            "class_weights": ("none", "balanced"),
            "sampler": ("uniform", "balanced")}  # optimizers: a registry
 # The values a key may take: (lowest, highest, whether the lowest itself is allowed); None is unbounded.
+# (image_size: parse_size checks each side.)
 MAX_WORKERS = 256
 RANGES = {
-    "image_size": (1, None, True), "epochs": (1, None, True), "batch_size": (1, None, True),
+    "epochs": (1, None, True), "batch_size": (1, None, True),
     "lr": (0.0, None, False), "head_lr_multiplier": (0.0, None, False), "layer_decay": (0.0, 1.0, True),
     "freeze_epochs": (0, None, True), "swa": (0, None, True), "weight_decay": (0.0, None, True),
     "momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, True), "eps": (0.0, None, False), "warmup_epochs": (0.0, None, True), "step_size": (1, None, True),
     "gamma": (0.0, 1.0, False), "accumulate": (1, None, True), "clip_grad": (0.0, None, True),
     "ema": (0.0, 1.0, True), "precise_bn": (0, None, True), "patience": (0, None, True),
-    "n_folds": (2, None, True), "num_workers": (-1, MAX_WORKERS, True),
+    "n_folds": (1, None, True), "num_workers": (-1, MAX_WORKERS, True),
     "mixup": (0.0, None, True), "cutmix": (0.0, None, True), "mix_prob": (0.0, 1.0, True),
     "mix_off_epoch": (0, None, True), "augment_magnitude": (0, 30, True), "keep_top": (0, None, True),
     "mask_threshold": (0.0, 0.999, True),
@@ -48,7 +53,7 @@ class Config:
     model: str = "timm/resnet18"  # registered model name, family/variant
     pretrained: bool = False  # ImageNet weights for the model (needs them downloaded once)
     loss: str = "ce"  # registered loss name
-    image_size: int = 224  # square side in pixels the images are resized to
+    image_size: int | tuple[int, int] = 224  # pixels the images are resized to: a square's side, or H,W (HxW)
     epochs: int = 10  # passes over the training folds
     batch_size: int = 32  # images per step and process
     lr: float = 1e-3  # the body's learning rate
@@ -100,19 +105,30 @@ class Config:
     pseudo_threshold: float = 0.95  # pseudo: a test row is added when its top probability is at least this
 
     def __post_init__(self) -> None:
+        # every field, a subclass's included: its own annotations decide its type
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            object.__setattr__(self, field.name, _coerce(field.name, value))
+            object.__setattr__(self, field.name, _coerce(type(self), field.name, value))
+        height, width = self.size
+        if self.tta == "d4" and height != width:  # said now, not when submit reaches the first batch
+            raise CompkitError(f"tta 'd4' turns images a quarter turn, which needs a square image_size; got "
+                               f"{height}x{width}: use tta 'flips' (or 'hflip'/'vflip')")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) the images are resized to: ``image_size``'s two sides, or its one side twice."""
+        return height_width(self.image_size)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied; unknown keys and bad values raise CompkitError."""
-        unknown = sorted(set(changes) - set(keys()))
+        unknown = sorted(set(changes) - set(keys(type(self))))
         if unknown:
-            raise CompkitError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(keys())}")
+            raise CompkitError(f"unknown config key(s) {', '.join(unknown)}; {valid_keys(type(self))}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The keys and values as config.json holds them (an H,W image_size as a list)."""
+        return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -122,40 +138,119 @@ class Config:
         return cls().replace(**values)
 
 
-def keys() -> list[str]:
-    """The valid config keys, in declaration order."""
-    return [field.name for field in dataclasses.fields(Config)]
+def keys(cls: type[Config] = Config) -> list[str]:
+    """The valid config keys of ``cls`` (a plugin's subclass: the core's, then its own), in declaration order."""
+    return [field.name for field in dataclasses.fields(cls)]
 
 
-def docs() -> dict[str, str]:
-    """Each key's one-line doc: the comment after its field in ``Config``'s source."""
+def own_keys(cls: type[Config]) -> list[str]:
+    """The keys a plugin's subclass adds to the core's."""
+    return [key for key in keys(cls) if key not in _CORE_KEYS]
+
+
+def valid_keys(cls: type[Config] = Config) -> str:
+    """The tail of an unknown-key error: every valid key, the plugin's own named apart."""
+    own = own_keys(cls)
+    return f"valid keys: {', '.join(keys(cls))}" + (f" ({cls.__name__}'s own: {', '.join(own)})" if own else "")
+
+
+def docs(cls: type[Config] = Config) -> dict[str, str]:
+    """Each key's one-line doc: the comment after its field in the source of ``cls`` or a base it extends."""
     import inspect
-    import re
 
     found = {}
-    for line in inspect.getsource(Config).splitlines():
-        match = re.match(r"\s{4}(\w+): [^=]+=[^#]*#\s*(.+)$", line)
-        if match:
-            found[match.group(1)] = match.group(2).strip()
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):  # defined where no source file is (an interactive session)
+            continue
+        for line in source.splitlines():
+            match = re.match(r"\s{4}(\w+): [^=]+=[^#]*#\s*(.+)$", line)
+            if match:
+                found[match.group(1)] = match.group(2).strip()
     return found
 
 
-def help_text() -> str:
-    """The config keys with their defaults and docs, for ``compkit train --help``."""
-    defaults, documented = Config().to_dict(), docs()
-    width = max(map(len, defaults))
-    return "\n".join(f"  {key:<{width}}  {defaults[key]!s:<14} {documented.get(key, '')}".rstrip()
-                     for key in defaults)
+def help_text(cls: type[Config] = Config, only: typing.Iterable[str] | None = None) -> str:
+    """The config keys (or ``only`` those) with their defaults and docs, for ``compkit train --help``."""
+    defaults, documented = cls().to_dict(), docs(cls)
+    shown = list(defaults) if only is None else list(only)
+    width = max(map(len, shown))
+    return "\n".join(f"  {key:<{width}}  {size_text(defaults[key]) if key == 'image_size' else defaults[key]!s:<14} "
+                     f"{documented.get(key, '')}".rstrip() for key in shown)
 
 
-def _field_type(name: str) -> type:
-    hints = typing.get_type_hints(Config)
-    return hints[name]
+SIZE_FORMS = "one number or height,width (e.g. 224, 320,480 or 320x480)"
 
 
-def _coerce(name: str, value: Any) -> Any:
+def parse_size(value: Any) -> int | tuple[int, int]:
+    """An image size: ``224``, ``"224"``, ``"320,480"``, ``"320x480"`` or ``[320, 480]`` (height, width).
+
+    One side, or two equal ones, give a plain int (a square, as configs always had); two different
+    ones a (height, width) tuple.
+    """
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:[x,]\s*(\d+)\s*)?", value.lower())
+        if match is None:
+            raise CompkitError(f"config key 'image_size' must be {SIZE_FORMS}, got {value!r}")
+        sides = [int(side) for side in match.groups() if side is not None]
+    elif isinstance(value, (list, tuple)):
+        sides = list(value) if len(value) == 2 else []  # a list is [height, width]
+    else:
+        sides = [value]
+    if not 1 <= len(sides) <= 2 or any(not isinstance(side, int) or isinstance(side, bool) for side in sides):
+        raise CompkitError(f"config key 'image_size' must be {SIZE_FORMS}, got {value!r}")
+    if min(sides) < 1:
+        raise CompkitError(f"config key 'image_size' must be at least 1 pixel on each side, got {value!r}")
+    return sides[0] if len(set(sides)) == 1 else (sides[0], sides[1])
+
+
+def height_width(size: int | typing.Sequence[int]) -> tuple[int, int]:
+    """(height, width) of an image size: one side (a square) or a (height, width) pair."""
+    size = parse_size(size)
+    return (size, size) if isinstance(size, int) else size
+
+
+def size_text(size: int | typing.Sequence[int]) -> str:
+    """An image size as people write it: ``224`` for a square, ``320x480`` for height x width."""
+    height, width = height_width(size)
+    return str(height) if height == width else f"{height}x{width}"
+
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON holds it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+SCALARS = (int, float, bool, str)
+
+
+@functools.cache
+def _field_types(cls: type[Config]) -> dict[str, Any]:
+    """``cls``'s fields and their declared types, a subclass's own fields included."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as error:  # a name the annotations use is not importable where cls was defined
+        raise CompkitError(f"config class {cls.__name__}: cannot read its field types ({error})") from None
+    return {field.name: hints[field.name] for field in dataclasses.fields(cls)}
+
+
+def _field_type(cls: type[Config], name: str) -> Any:
+    kind = _field_types(cls)[name]
+    if name != "image_size" and kind not in SCALARS and typing.get_origin(kind) is not typing.Literal:
+        raise CompkitError(f"config key {name!r} of {cls.__name__} is declared {kind}: a config key is an int, float, "
+                           "bool, str or a typing.Literal of such values (a recipe, --set and config.json can hold "
+                           "those)")
+    return kind
+
+
+def _coerce(cls: type[Config], name: str, value: Any) -> Any:
     """Check ``value`` against the field's type; ints are accepted where floats are expected."""
-    kind = _field_type(name)
+    if name == "image_size":
+        return parse_size(value)
+    kind = _field_type(cls, name)
+    if typing.get_origin(kind) is typing.Literal:
+        return _literal(name, kind, value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -173,11 +268,24 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def parse_value(name: str, text: str) -> Any:
-    """Parse a ``--set key=value`` string into the field's type."""
-    if name not in keys():
-        raise CompkitError(f"unknown config key {name!r}; valid keys: {', '.join(keys())}")
-    kind = _field_type(name)
+def _literal(name: str, kind: Any, value: Any) -> Any:
+    """``value`` if it is one of the ``typing.Literal``'s values (True is not 1 here)."""
+    allowed = typing.get_args(kind)
+    if not any(value == option and type(value) is type(option) for option in allowed):
+        raise CompkitError(f"config key {name!r} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+    return value
+
+
+def parse_value(name: str, text: str, cls: type[Config] = Config) -> Any:
+    """Parse a ``--set key=value`` string into the field's type (of ``cls``: a plugin's subclass has more keys)."""
+    if name not in keys(cls):
+        raise CompkitError(f"unknown config key {name!r}; {valid_keys(cls)}")
+    if name == "image_size":
+        return parse_size(text)
+    kind = _field_type(cls, name)
+    if typing.get_origin(kind) is typing.Literal:
+        options = {str(option): option for option in typing.get_args(kind)}
+        return options.get(text.strip(), text)  # not one of them: _literal's error, naming them, when it is set
     try:
         if kind is bool:
             lowered = text.strip().lower()
@@ -189,19 +297,19 @@ def parse_value(name: str, text: str) -> Any:
         raise CompkitError(f"config key {name!r} must be {kind.__name__}, got {text!r}") from None
 
 
-def parse_sets(items: typing.Iterable[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings (from ``--set``) into typed values."""
+def parse_sets(items: typing.Iterable[str], cls: type[Config] = Config) -> dict[str, Any]:
+    """Parse ``key=value`` strings (from ``--set``) into typed values of ``cls``'s keys."""
     changes = {}
     for item in items:
         name, sep, text = item.partition("=")
         if not sep:
             raise CompkitError(f"--set expects key=value, got {item!r}")
-        changes[name.strip()] = parse_value(name.strip(), text)
+        changes[name.strip()] = parse_value(name.strip(), text, cls)
     return changes
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Read a recipe TOML; its keys are config keys (a ``[config]`` table is also accepted)."""
+def read_toml(path: Path, cls: type[Config] = Config) -> dict[str, Any]:
+    """Read a recipe TOML; its keys are ``cls``'s config keys (a ``[config]`` table is also accepted)."""
     try:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
@@ -212,17 +320,18 @@ def read_toml(path: Path) -> dict[str, Any]:
             raise CompkitError(f"{path}: has a [config] table and top-level keys ({', '.join(outside)}); "
                                "put every key in one place")
         values = values["config"]
-    unknown = sorted(set(values) - set(keys()))
+    unknown = sorted(set(values) - set(keys(cls)))
     if unknown:
-        raise CompkitError(f"{path}: unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(keys())}")
+        raise CompkitError(f"{path}: unknown config key(s) {', '.join(unknown)}; {valid_keys(cls)}")
     return values
 
 
 def resolve(defaults: Config, toml_path: Path | None, overrides: dict[str, Any]) -> Config:
-    """The competition's defaults, then the TOML file if it exists, then CLI overrides."""
+    """The competition's defaults, then the TOML file if it exists, then CLI overrides; of the defaults'
+    class, so a plugin's own keys are valid in both."""
     config = defaults
     if toml_path is not None and toml_path.is_file():
-        values = read_toml(toml_path)  # its errors name the file already
+        values = read_toml(toml_path, type(defaults))  # its errors name the file already
         try:
             config = config.replace(**values)
         except CompkitError as error:
@@ -230,10 +339,13 @@ def resolve(defaults: Config, toml_path: Path | None, overrides: dict[str, Any])
     return config.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def describe() -> str:
+def describe(cls: type[Config] = Config) -> str:
     """One line per key with its default, for help texts."""
-    return "\n".join(f"{name} = {getattr(Config(), name)!r}" for name in keys())
+    return "\n".join(f"{name} = {getattr(cls(), name)!r}" for name in keys(cls))
 
+
+_CORE_KEYS = frozenset(keys())
 
 # Keep the module importable without torch: nothing above imports it.
-__all__ = ["Config", "keys", "parse_sets", "parse_value", "read_toml", "resolve"]
+__all__ = ["Config", "height_width", "keys", "parse_sets", "parse_size", "parse_value", "read_toml", "resolve",
+           "size_text"]

@@ -133,12 +133,12 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
 
 
-def target_tensor(target: Any, task: str) -> torch.Tensor:
-    """int64 scalar for classification with a class index, else float32 (soft or multi-label)."""
-    array = np.asarray(target)
-    if task == "classification" and array.ndim == 0:
-        return torch.tensor(int(array), dtype=torch.int64)
-    return torch.tensor(array, dtype=torch.float32)  # a copy: pandas 3 hands out read-only arrays
+def target_tensor(target: Any, task: Any) -> torch.Tensor:
+    """``task``'s tensor for a table's target value (``Task.target``: an int64 class index for
+    classification, float32 for soft or multi-label targets, int64 maps for multi-class segmentation)."""
+    from compkit import tasks
+
+    return tasks.get(task).target(target)
 
 
 # albumentations steps whose output is a function of their input alone (at p=1), and of those the ones
@@ -239,11 +239,11 @@ class ArrayDataset(Dataset):
     uint8_images = False  # True: items keep the image uint8 [H, W(, C)] (see normalized_in_batches)
 
     def __init__(self, images: Sequence[Any], targets: Sequence[Any] | None, transform: Any,
-                 task: str = "classification", rows: np.ndarray | None = None) -> None:
+                 task: Any = "classification", rows: np.ndarray | None = None) -> None:
         self.images = images
         self.targets = targets
         self.transform = transform
-        self.task = task
+        self.task = task  # a task name or a compkit.tasks.Task
         # sample i is images[rows[i]]: a fold reads its rows of a cache made once for the whole table
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
 
@@ -304,7 +304,7 @@ class ImageDataset(ArrayDataset):
     """Images decoded from files on each access (``paths`` in place of an array)."""
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[Any] | None, transform: Any,
-                 task: str = "classification", channels: int = 3, min_size: int | None = None) -> None:
+                 task: Any = "classification", channels: int = 3, min_size: int | None = None) -> None:
         super().__init__(list(paths), targets, transform, task)
         self.channels, self.min_size = channels, min_size  # min_size: see read_image
         check_files(self.images)

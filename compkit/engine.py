@@ -90,7 +90,10 @@ class Predictions:
 class Engine:
     """Trains ``model`` with ``loss`` (logits, target) -> scalar, and predicts probabilities.
 
-    ``activation`` turns logits into probabilities: "softmax" over dim 1, "sigmoid", or None (as is).
+    ``task`` (a ``compkit.tasks.Task`` or its name) says how logits become probabilities, whether outputs
+    are maps (TTA inverts them) and what the out-of-fold file keeps; without one, ``activation`` turns
+    logits into probabilities ("softmax" over dim 1, "sigmoid", or None: as is) and outputs are kept as
+    they come (``compkit.tasks.Raw``).
     ``amp``: "bf16" | "fp16" | "off" (CUDA only; CPU runs float32). ``ema``: decay of a weight EMA
     (0 = off) that is then evaluated, saved and used by ``predict``. ``precise_bn``: before each
     validation, recompute BatchNorm's running statistics as a plain average over this many training
@@ -116,6 +119,7 @@ class Engine:
         schedule: Schedule | None = None,
         *,
         activation: str | None = "softmax",
+        task: Any = None,
         device: str | torch.device = "auto",
         amp: str = "off",
         channels_last: bool = False,
@@ -141,7 +145,10 @@ class Engine:
         self._owns_process_group = _distributed.start(self.device)
         self.main = _distributed.is_main()
         self.quiet = quiet or not self.main
-        self.activation, self.loss, self.optimizer = activation, loss, optimizer
+        from compkit import tasks
+
+        self.task = tasks.Raw(activation) if task is None else tasks.get(task)
+        self.activation, self.loss, self.optimizer = self.task.activation, loss, optimizer
         self.schedule = schedule or Schedule()
         self.accumulate, self.clip_grad, self.seed = max(1, accumulate), clip_grad, seed
         self.precise_bn = max(0, precise_bn)
@@ -567,7 +574,7 @@ class Engine:
                     f"valid_ids has {len(run.valid_ids)} ids for {len(valid.probabilities)} validation samples"
                 )
             # Scored on the values that oof.npz keeps, so the file reproduces this score exactly.
-            value = float(run.score(valid.targets, oof.dequantise(valid.probabilities)))
+            value = float(run.score(valid.targets, self.task.restore(valid.probabilities)))
             result = (value, valid.loss_sum / max(1, valid.count))
         return _distributed.broadcast(result)
 
@@ -587,8 +594,7 @@ class Engine:
         model.eval()
         with torch.inference_mode(), self._autocast():
             output, _ = self._forward(model, self._to_device(images), views)
-        output = output.float()
-        return output[:, 0] if output.ndim == 4 and output.shape[1] == 1 else output
+        return self.task.squeeze(output.float())
 
     def _forward(self, model: nn.Module, images: torch.Tensor,
                  views: Sequence[Any] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -596,9 +602,9 @@ class Engine:
         if views:
             from compkit import tta
 
-            return tta.predict(lambda x: self._activate(model(x)), images, views), None
+            return tta.predict(lambda x: self.task.probabilities(model(x)), images, views, dense=self.task.dense), None
         logits = model(images)
-        return self._activate(logits), logits
+        return self.task.probabilities(logits), logits
 
     def _infer(
         self,
@@ -611,8 +617,9 @@ class Engine:
     ) -> Predictions:
         """This process's probabilities (and targets and loss sum when ``with_targets``) over ``loader``.
 
-        ``compact``: dense outputs kept as oof.npz stores them, probabilities uint8 (1/255 steps) and
-        integral masks uint8, so a validation fold of 512 px images takes 2 bytes a pixel, not 4 to 8.
+        ``compact``: outputs and targets kept as oof.npz stores them (``Task.stored``, ``Task.stored_target``:
+        binary maps as uint8 probabilities in 1/255 steps and uint8 masks, so a validation fold of 512 px
+        images takes 2 bytes a pixel, not 4 to 8; multi-class maps as uint8 class indices).
         """
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
@@ -626,12 +633,10 @@ class Engine:
                     target = self._to_device(batch["target"])
                     if self.loss is not None and not views:
                         loss_sum += self.loss(logits.float(), target).float() * len(images)
-                    targets.append(_squeeze(_compact_target(target) if compact else target).cpu().numpy())
-                if compact and output.ndim == 4:
-                    output = output.clamp(0, 1).mul(oof.SCALE).round().to(torch.uint8)  # oof.quantise on the device
-                else:
-                    output = output.to(dtype)
-                probabilities.append(_squeeze(output.cpu().numpy()))
+                    target = self.task.stored_target(target) if compact else self.task.squeeze(target)
+                    targets.append(target.cpu().numpy())
+                output = self.task.stored(output) if compact else self.task.squeeze(output).to(dtype)
+                probabilities.append(output.cpu().numpy())
                 count += len(images)
         return Predictions(
             probabilities=_concatenate(probabilities),
@@ -640,14 +645,6 @@ class Engine:
             loss_sum=float(loss_sum),
             count=count,
         )
-
-    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()  # softmax in bfloat16 would round the probabilities to 3 digits
-        if self.activation == "softmax":
-            return logits.softmax(dim=1)
-        if self.activation == "sigmoid":
-            return logits.sigmoid()
-        return logits
 
     # -- small shared pieces -----------------------------------------------------------------------------
 
@@ -706,7 +703,7 @@ class Engine:
         if self._best_valid is None or run.out_dir is None or not self.main:
             return False
         epoch, predictions = self._best_valid
-        _write_oof(run.out_dir / "oof.npz", predictions, run.valid_ids, epoch=epoch)
+        _write_oof(run.out_dir / "oof.npz", predictions, run.valid_ids, epoch=epoch, scale=self.task.scale)
         self._best_valid = None
         return True
 
@@ -727,7 +724,7 @@ class Engine:
         for module, weights in zip(modules, kept):  # the Engine ends as fit left it: the last epoch's weights
             module.load_state_dict(weights)
         if self.main:
-            _write_oof(run.out_dir / "oof.npz", valid, run.valid_ids, epoch=state.best_epoch)
+            _write_oof(run.out_dir / "oof.npz", valid, run.valid_ids, epoch=state.best_epoch, scale=self.task.scale)
 
     def _resume(self, run: _Run) -> FitState:
         """Restore weights, optimizer, schedule, scaler, EMA and progress from out_dir/last.pt."""
@@ -896,20 +893,6 @@ def _improved(value: float, best: float | None, higher_is_better: bool) -> bool:
     return value > best if higher_is_better else value < best
 
 
-def _compact_target(target: torch.Tensor) -> torch.Tensor:
-    """A dense floating target that holds only integers 0..255 (a mask) as uint8; any other as it is."""
-    if target.ndim < 3 or not target.is_floating_point():
-        return target
-    if bool(((target == target.round()) & (target >= 0) & (target <= 255)).all()):
-        return target.to(torch.uint8)
-    return target.half()
-
-
-def _squeeze(array: np.ndarray) -> np.ndarray:
-    """(N, 1, H, W) -> (N, H, W); every other shape as is."""
-    return array[:, 0] if array.ndim == 4 and array.shape[1] == 1 else array
-
-
 def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(arrays) if arrays else np.zeros((0,), dtype=np.float32)
 
@@ -959,11 +942,12 @@ def _frame(history: list[dict[str, Any]]) -> Any:
 
 
 def _write_oof(path: Path, predictions: Predictions, valid_ids: Sequence[str] | None,
-               epoch: int | None = None) -> None:
-    """oof.npz (``compkit.oof``): ids, probabilities and targets, compact; ``epoch`` they come from."""
+               epoch: int | None = None, scale: int | None = None) -> None:
+    """oof.npz (``compkit.oof``): ids, probabilities and targets as the task stores them; ``epoch`` they come
+    from; ``scale``: uint8 probabilities are quantised by it (None: they are class indices)."""
     count = len(predictions.probabilities)
     ids = valid_ids if valid_ids is not None else [str(i) for i in range(count)]
-    oof.write(path, ids, predictions.probabilities, predictions.targets, epoch=epoch)
+    oof.write(path, ids, predictions.probabilities, predictions.targets, epoch=epoch, scale=scale)
 
 
 def _write_curves(path: Path, history: list[dict[str, Any]], metric: str, best_epoch: int) -> None:

@@ -1,7 +1,10 @@
-"""Fold splitting: stratified, multi-label stratified or grouped k-fold, written once per data dir.
+"""Fold splitting: stratified, multi-label stratified or grouped k-fold, or a split the competition
+provides (``Competition.fixed_split``), written once per data dir.
 
-``folds.csv`` has one row per training sample: the sample id and its ``fold``. It is never
-silently replaced: a request that would give a different split needs ``force``.
+``folds.csv`` has one row per training sample: the sample id and its ``fold`` (-1: a row that is
+only ever trained on, as in an official train/val split). It is never silently replaced: a request
+that would give a different split needs ``force``. A variant that reads another competition's data
+folder (``Competition.data_name``) keeps its own ``folds-<name>.csv`` there.
 """
 
 from __future__ import annotations
@@ -15,6 +18,39 @@ from compkit import _io
 from compkit.errors import CompkitError
 
 FILE_NAME = "folds.csv"
+TRAIN_ONLY = -1  # the fold of a row that no fold validates
+
+
+def file_name(comp) -> str:
+    """The split file of ``comp`` in its data root: folds.csv, or folds-<name>.csv for a variant that
+    reads another competition's data (``data_name``)."""
+    data_name = getattr(comp, "data_name", None)
+    return FILE_NAME if not data_name or data_name == comp.name else f"folds-{comp.name}.csv"
+
+
+def fixed(table: pd.DataFrame, assignment, *, id_column: str, what: str) -> pd.DataFrame:
+    """A split given as one fold per row (``Competition.fixed_split``), checked: one value per row, each
+    -1 or 0..K-1 with every fold used; returns ``[id_column, "fold"]``."""
+    values = np.asarray(assignment)
+    if values.shape != (len(table),):
+        raise CompkitError(f"{what} gave {values.shape[0] if values.ndim else 0} folds for {len(table)} training "
+                           "rows: it must give one per row")
+    if not np.issubdtype(values.dtype, np.integer):
+        raise CompkitError(f"{what} must give integer folds (-1 for train-only rows), not {values.dtype}")
+    values = values.astype(np.int64)
+    used = sorted(set(values.tolist()) - {TRAIN_ONLY})
+    if not used or used != list(range(len(used))) or values.min() < TRAIN_ONLY:
+        raise CompkitError(f"{what} must number its folds 0..K-1 (and -1 for train-only rows); it gave "
+                           f"{sorted(set(values.tolist()))[:10]}")
+    if (values == TRAIN_ONLY).sum() == 0 and len(used) == 1:
+        raise CompkitError(f"{what} validates every row in fold 0 and trains on none")
+    _check_ids(table, id_column)
+    return pd.DataFrame({id_column: table[id_column].astype(str).to_numpy(), "fold": values})
+
+
+def count(split: pd.DataFrame) -> int:
+    """The number of folds of ``split`` (train-only rows are in none)."""
+    return int(split["fold"].max()) + 1
 
 
 def split(table: pd.DataFrame, *, id_column: str, n_folds: int, seed: int,
@@ -49,6 +85,13 @@ def _check(table: pd.DataFrame, id_column: str, n_folds: int, stratify, group) -
                 f"{value!r} names; set {setting} to one of its columns ({', '.join(map(str, table.columns))})"
                 + (" or to None" if setting != "id_column" else "")
             )
+    _check_ids(table, id_column)
+
+
+def _check_ids(table: pd.DataFrame, id_column: str) -> None:
+    if id_column not in table:
+        raise CompkitError(f"train table has no column {id_column!r} (the Competition setting id_column); its "
+                           f"columns: {', '.join(map(str, table.columns))}")
     duplicated = table[id_column][table[id_column].duplicated()]
     if len(duplicated):
         raise CompkitError(f"duplicate ids in the train table, e.g. {', '.join(map(str, duplicated[:5]))}")
@@ -80,9 +123,9 @@ def _splitter(n_folds: int, seed: int, labels: np.ndarray | None, group: str | N
     return StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
 
 
-def read(root: Path) -> pd.DataFrame:
-    """``folds.csv`` from the data root (ids as strings)."""
-    path = Path(root) / FILE_NAME
+def read(root: Path, name: str = FILE_NAME) -> pd.DataFrame:
+    """``folds.csv`` (or the split file ``name``) from the data root (ids as strings)."""
+    path = Path(root) / name
     if not path.is_file():
         raise CompkitError(f"{path} is missing; make it with: compkit folds NAME")
     folds = pd.read_csv(path, dtype=str)
@@ -98,19 +141,20 @@ def same(first: pd.DataFrame, second: pd.DataFrame) -> bool:
     return normal(first).equals(normal(second))
 
 
-def write(root: Path, folds: pd.DataFrame, *, force: bool = False) -> bool:
-    """Write ``folds.csv``; True if written, False if an identical split is already there.
+def write(root: Path, folds: pd.DataFrame, *, force: bool = False, name: str = FILE_NAME) -> bool:
+    """Write ``folds.csv`` (or the split file ``name``); True if written, False if an identical split is
+    already there.
 
     A different existing split raises unless ``force``: out-of-fold scores of runs made on
     the old split would silently stop being comparable.
     """
-    path = Path(root) / FILE_NAME
+    path = Path(root) / name
     if path.is_file() and not force:
-        existing = read(root)
+        existing = read(root, name)
         if same(existing, folds):
             return False
         raise CompkitError(
-            f"{path} already holds a different split ({existing['fold'].nunique()} folds, "
+            f"{path} already holds a different split ({count(existing)} folds, "
             f"{len(existing)} rows); pass --force to replace it (runs made on it will no longer match)"
         )
     _io.write_csv(path, folds)

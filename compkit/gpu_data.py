@@ -13,19 +13,22 @@ import torch
 import torch.nn.functional as F
 
 from compkit import _distributed
+from compkit.config import height_width
 from compkit.engine import EpochSampler, derive_seed
 
 
 class DeviceLoader:
-    """Batches ``{"image": float32 [B, C, S, S], "target": ...}`` cut from a uint8 tensor on ``device``.
+    """Batches ``{"image": float32 [B, C, H, W], "target": ...}`` cut from a uint8 tensor on ``device``.
 
     Training batches get a random translation of up to ``pad`` pixels (zero padding, as in random
     crop with padding) and a random horizontal flip, drawn from (seed, epoch) so runs repeat. It
-    stands in for the Engine's DataLoader: ``len()``, iteration, and ``sampler.set_epoch``.
+    stands in for the Engine's DataLoader: ``len()``, iteration, and ``sampler.set_epoch``. ``size``: the
+    side, or (H, W), batches are resized to when the images have another (None: as they are).
     """
 
     def __init__(self, images: np.ndarray, targets: Sequence | np.ndarray, *, batch_size: int,
-                 mean: Sequence[float], std: Sequence[float], device: torch.device | str, size: int | None = None,
+                 mean: Sequence[float], std: Sequence[float], device: torch.device | str,
+                 size: int | Sequence[int] | None = None,
                  train: bool = True, seed: int = 0, pad: int = 4, flip: bool = True,
                  weights: np.ndarray | None = None) -> None:
         array = np.ascontiguousarray(images)
@@ -38,7 +41,7 @@ class DeviceLoader:
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
         self.batch_size, self.train, self.seed, self.pad, self.flip = batch_size, train, seed, pad, flip
-        self.size = size
+        self.size = None if size is None else height_width(size)
         self.dataset = self.images  # what the Engine reports sizes from
         self.sampler = EpochSampler(len(self.images), shuffle=train, seed=seed, rank=_distributed.rank(),
                                     world_size=_distributed.world_size(), weights=weights)
@@ -59,8 +62,8 @@ class DeviceLoader:
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         images = (images.float() - self.mean) / self.std
-        if self.size and images.shape[-1] != self.size:
-            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        if self.size and tuple(images.shape[-2:]) != self.size:
+            images = F.interpolate(images, size=self.size, mode="bilinear", align_corners=False)
         return images
 
 

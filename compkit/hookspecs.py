@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import click
 
     from compkit.competition import Competition
+    from compkit.tasks import Task
 
 hookspec = pluggy.HookspecMarker("compkit")
 hookimpl = pluggy.HookimplMarker("compkit")
@@ -21,6 +22,13 @@ hookimpl = pluggy.HookimplMarker("compkit")
 @hookspec
 def register_competitions(register: Callable[[Competition], None]) -> None:
     """At start-up: call ``register(SomeCompetition())`` for each competition."""
+
+
+@hookspec
+def register_tasks(register: Callable[[Task], None]) -> None:
+    """At start-up: ``register(SomeTask())`` for each task of one's own (a ``compkit.tasks.Task`` subclass
+    instance; competitions then name it in ``task``). Built in: classification, multilabel, segmentation,
+    multiclass-segmentation."""
 
 
 @hookspec

@@ -8,14 +8,15 @@ from torch import nn
 
 
 class CrossEntropy(nn.CrossEntropyLoss):
-    """Cross entropy; targets are int64 class indices (N,) or probabilities (N, C)."""
+    """Cross entropy; targets are int64 class indices (N,) or probabilities (N, C); for maps, logits
+    (N, C, H, W) against int64 (N, H, W) class indices (``ignore_index`` pixels not scored)."""
 
 
 class SmoothCrossEntropy(nn.CrossEntropyLoss):
     """Cross entropy with label smoothing 0.1, as in the CIFAR-10 speed records."""
 
-    def __init__(self, smoothing: float = 0.1, weight: torch.Tensor | None = None) -> None:
-        super().__init__(weight=weight, label_smoothing=smoothing)
+    def __init__(self, smoothing: float = 0.1, weight: torch.Tensor | None = None, ignore_index: int = -100) -> None:
+        super().__init__(weight=weight, label_smoothing=smoothing, ignore_index=ignore_index)
 
 
 class BinaryCrossEntropy(nn.BCEWithLogitsLoss):

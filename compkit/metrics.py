@@ -1,7 +1,9 @@
-"""Competition metrics on numpy probabilities: accuracy, mean column ROC AUC, mean image Dice.
+"""Competition metrics on numpy probabilities: accuracy, mean column ROC AUC, mean image Dice, and for
+multi-class segmentation mean IoU and pixel accuracy.
 
 Targets and predictions follow the data contract: (N,) class indices or (N, C) targets against
-(N, C) probabilities; (N, H, W) masks against (N, H, W) probabilities.
+(N, C) probabilities; (N, H, W) masks against (N, H, W) probabilities; (N, H, W) class-index maps
+against (N, C, H, W) probabilities or (N, H, W) class indices (an ignore index, 255, is not scored).
 """
 
 from __future__ import annotations
@@ -73,6 +75,66 @@ def dice_from_counts(intersection: np.ndarray, total: np.ndarray) -> np.ndarray:
     """Dice 2 * |A & B| / (|A| + |B|) from pixel counts, any shape; 1 where both masks are empty."""
     intersection, total = np.asarray(intersection, dtype=np.float64), np.asarray(total, dtype=np.float64)
     return np.where(total > 0, 2 * intersection / np.maximum(total, 1), 1.0)
+
+
+CHUNK_PIXELS = 1 << 24  # pixels per step of a confusion matrix over a large stack
+
+
+def pixel_confusion(targets: np.ndarray, predictions: np.ndarray, ignore_index: int = 255,
+                    num_classes: int | None = None) -> np.ndarray:
+    """int64 (K, K) pixel counts, rows the true class and columns the predicted one, over every pixel whose
+    target is not ``ignore_index``. ``targets``: (N, H, W) class indices; ``predictions``: (N, H, W)
+    class indices or (N, C, H, W) probabilities (argmax). K: ``num_classes``, else C of the
+    probabilities, else one more than the largest class seen. Counted a chunk of images at a time."""
+    targets, predictions = np.asarray(targets), np.asarray(predictions)
+    dense_probabilities = predictions.ndim == targets.ndim + 1
+    shape = predictions.shape[:1] + predictions.shape[2:] if dense_probabilities else predictions.shape
+    if targets.ndim < 2 or shape != targets.shape:
+        raise CompkitError(f"a pixel metric needs (N, H, W) targets and (N, H, W) class indices or (N, C, H, W) "
+                           f"probabilities of the same images; got {targets.shape} and {predictions.shape}")
+    if num_classes is None and dense_probabilities:
+        num_classes = predictions.shape[1]
+    pixels = int(np.prod(targets.shape[1:], dtype=np.int64)) * (predictions.shape[1] if dense_probabilities else 1)
+    step = max(1, CHUNK_PIXELS // max(1, pixels))
+    total = np.zeros((0, 0), dtype=np.int64)
+    for start in range(0, len(targets), step):
+        truth = targets[start:start + step].reshape(-1).astype(np.int64)
+        chunk = predictions[start:start + step]
+        guess = (chunk.argmax(axis=1) if dense_probabilities else chunk).reshape(-1).astype(np.int64)
+        keep = truth != ignore_index
+        truth, guess = truth[keep], guess[keep]
+        if len(truth) and (truth.min() < 0 or guess.min() < 0):
+            raise CompkitError("class indices must not be negative (outside the ignore index)")
+        k = num_classes or int(max(truth.max(initial=-1), guess.max(initial=-1), len(total) - 1) + 1)
+        if len(truth) and (truth.max() >= k or guess.max() >= k):
+            raise CompkitError(f"a class index is {int(max(truth.max(), guess.max()))}, outside 0..{k - 1}")
+        matrix = np.bincount(k * truth + guess, minlength=k * k).reshape(k, k)
+        if len(total) < k:
+            grown = np.zeros((k, k), dtype=np.int64)
+            grown[:len(total), :len(total)] = total
+            total = grown
+        total[:k, :k] += matrix
+    return total
+
+
+def miou(targets: np.ndarray, predictions: np.ndarray, ignore_index: int = 255) -> float:
+    """Mean intersection over union over the classes present in the targets or the predictions, from the
+    pixel confusion matrix of the whole set (as the VOC benchmark computes it); ``ignore_index`` pixels
+    are not scored. Shapes as ``pixel_confusion``."""
+    matrix = pixel_confusion(targets, predictions, ignore_index)
+    intersection = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - intersection
+    if not (union > 0).any():
+        raise CompkitError("mean IoU is undefined: every pixel is the ignore index")
+    return float((intersection[union > 0] / union[union > 0]).mean())
+
+
+def pixel_accuracy(targets: np.ndarray, predictions: np.ndarray, ignore_index: int = 255) -> float:
+    """Share of the scored pixels (target not ``ignore_index``) whose predicted class is the target's."""
+    matrix = pixel_confusion(targets, predictions, ignore_index)
+    if not matrix.sum():
+        raise CompkitError("pixel accuracy is undefined: every pixel is the ignore index")
+    return float(np.diag(matrix).sum() / matrix.sum())
 
 
 def confusion_table(targets: np.ndarray, probabilities: np.ndarray, names: Sequence[str]) -> str:

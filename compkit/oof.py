@@ -53,14 +53,17 @@ def is_dense(array: np.ndarray) -> bool:
 
 
 def write(path: Path, ids: Sequence[str] | np.ndarray, probabilities: np.ndarray, targets: np.ndarray,
-          epoch: int | None = None) -> None:
+          epoch: int | None = None, scale: int | None = SCALE) -> None:
     """Write ``path`` atomically: dense probabilities quantised (unless already uint8), masks as uint8;
-    ``epoch``: the training epoch the predictions come from (kept in the file)."""
+    ``epoch``: the training epoch the predictions come from (kept in the file). uint8 ``probabilities``
+    are quantised ones with ``scale`` = 255, or with ``scale`` None decisions (class indices) kept as such."""
     ids = np.asarray(ids).astype(str)
     members = {"ids": ids, "targets": _compact_targets(targets, dense=is_dense(probabilities))}
     if epoch is not None:
         members["epoch"] = np.array(epoch)
-    if probabilities.dtype == np.uint8:
+    if probabilities.dtype == np.uint8 and scale is None:
+        members["probabilities"] = probabilities  # class indices
+    elif probabilities.dtype == np.uint8:
         members |= {"probabilities": probabilities, "scale": np.array(SCALE)}
     elif is_dense(probabilities):
         members |= {"probabilities": quantise(probabilities), "scale": np.array(SCALE)}
@@ -126,7 +129,7 @@ class OOF:
 
     path: Path
     ids: np.ndarray
-    raw_probabilities: np.ndarray | Stored  # as stored: float16, or uint8 with ``scale``
+    raw_probabilities: np.ndarray | Stored  # as stored: float16, uint8 with ``scale``, or uint8 class indices
     targets: np.ndarray | Stored
     scale: int | None
 
@@ -138,8 +141,11 @@ class OOF:
         return self.raw_probabilities.nbytes + self.targets.nbytes
 
     def probabilities(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
-        """float32 probabilities of ``rows`` (all by default), dequantised."""
-        return dequantise(np.asarray(self.raw_probabilities[rows]))
+        """float32 probabilities of ``rows`` (all by default), dequantised; stored class indices as they are."""
+        raw = np.asarray(self.raw_probabilities[rows])
+        if self.scale:
+            return raw.astype(np.float32) / self.scale
+        return raw if np.issubdtype(raw.dtype, np.integer) else raw.astype(np.float32)
 
     def chunks(self, rows: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(targets, float32 probabilities) of ``rows`` (all by default), a bounded number of pixels at a time."""

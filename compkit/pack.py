@@ -73,7 +73,7 @@ def pack(name: str, where: Places, *, run: str | None = None, fold_spec: str = "
             _build_wheels(sources, staging / "wheels")
             (staging / "requirements.txt").write_text(requirements(list(sources)), encoding="utf-8")
             info = {"competition": name, "kaggle": comp.kaggle, "run": run, "folds": models,
-                    "tta": _config(run_dir).tta, "half": half, "distributions": list(sources),
+                    "tta": _config(run_dir, comp).tta, "half": half, "distributions": list(sources),
                     "code_version": _submit.code_version(comp),
                     "source": str(run_dir.resolve()),
                     "written": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -94,8 +94,10 @@ def pack(name: str, where: Places, *, run: str | None = None, fold_spec: str = "
 # -- the run folder ---------------------------------------------------------------------------------
 
 
-def _config(run_dir: Path) -> Config:
-    return Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+def _config(run_dir: Path, comp: Competition) -> Config:
+    from compkit import runs
+
+    return runs.run_config(run_dir, comp)
 
 
 def _write_run(comp: Competition, run_dir: Path, out: Path, folds: list[int], records: dict[str, Any],
@@ -110,8 +112,8 @@ def _write_run(comp: Competition, run_dir: Path, out: Path, folds: list[int], re
         packed = {"folds": folds, "metric": comp.metric, "cv_score": cv["score"], "fold_scores": cv["folds"],
                   "half": half}
         (out / PACKED_FILE).write_text(json.dumps(packed, indent=2, default=float) + "\n", encoding="utf-8")
-    if comp.task == "segmentation":
-        params = _submit._postprocess(comp, _config(run_dir), run_dir, cv)
+    if comp.kind.searches_postprocess:
+        params = _submit._postprocess(comp, _config(run_dir, comp), run_dir, cv)
         (out / "postprocess.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     for model, record in records.items():
         (out / model).mkdir()

@@ -20,7 +20,7 @@ import numpy as np
 
 from compkit import _distributed, _io, folds, places, registry
 from compkit.competition import Competition
-from compkit.config import Config, resolve
+from compkit.config import Config, resolve, size_text
 from compkit.errors import CompkitError
 from compkit.places import Places
 
@@ -49,7 +49,7 @@ def competition(name: str) -> Competition:
 def download(name: str, where: Places, *, demo: bool = False, force: bool = False, seed: int = 0) -> Path:
     """Fetch the real data (or write the demo twin) into data/NAME; returns the folder."""
     comp = competition(name)
-    root = where.data_root(name)
+    root = where.data_root(comp.data_name or name)  # a variant fills (and reads) its parent's folder
     if demo:
         return _make_demo(comp, root, force=force, seed=seed)
     if force and (root / ".demo").exists():
@@ -102,24 +102,33 @@ def _make_demo(comp: Competition, root: Path, *, force: bool, seed: int) -> Path
 
 
 def make_folds(name: str, where: Places, *, n_folds: int = 5, seed: int = 42, force: bool = False) -> Path:
-    """Write data/NAME/folds.csv and print the size of each fold."""
+    """Write data/NAME/folds.csv (the competition's own split when it provides one) and print the size of
+    each fold."""
     comp = competition(name)
     root = _data_root(comp, where)
-    split = _split(comp, table(comp, root, 'train'), n_folds, seed)
-    written = folds.write(root, split, force=force)
-    sizes = ", ".join(f"{k}: {n}" for k, n in split["fold"].value_counts().sort_index().items())
-    echo(f"{'wrote' if written else 'unchanged (same split)'} {root / folds.FILE_NAME} ({sizes})")
-    return root / folds.FILE_NAME
+    split = _split(comp, table(comp, root, 'train'), n_folds, seed, root)
+    name_of_file = folds.file_name(comp)
+    written = folds.write(root, split, force=force, name=name_of_file)
+    sizes = ", ".join(("train only" if k == folds.TRAIN_ONLY else str(k)) + f": {n}"
+                      for k, n in split["fold"].value_counts().sort_index().items())
+    kind = "the competition's own split" if comp.fixed_split(table(comp, root, "train"), root) is not None else ""
+    echo(f"{'wrote' if written else 'unchanged (same split)'} {root / name_of_file} ({sizes})"
+         + (f"; {kind}, so --n-folds is not used" if kind else ""))
+    return root / name_of_file
 
 
-def _split(comp: Competition, table: Any, n_folds: int, seed: int) -> Any:
-    """The competition's kind of k-fold split of ``table`` (see ``folds.split``)."""
+def _split(comp: Competition, table: Any, n_folds: int, seed: int, root: Path) -> Any:
+    """The competition's split of ``table``: its own (``fixed_split``), else its kind of k-fold (see
+    ``folds.split``)."""
+    given = comp.fixed_split(table, root)
+    if given is not None:
+        return folds.fixed(table, given, id_column=comp.id_column, what=f"{comp.name}'s fixed_split()")
     return folds.split(table, id_column=comp.id_column, n_folds=n_folds, seed=seed,
                        stratify=comp.stratify, group=comp.group)
 
 
 def _data_root(comp: Competition, where: Places) -> Path:
-    root = where.data_root(comp.name)
+    root = where.data_root(comp.data_name or comp.name)
     if not root.is_dir() or not any(path.is_file() for path in root.iterdir() if path.name != ".compkit"):
         raise CompkitError(f"no data in {root}; run: compkit download {comp.name} (or --demo for a synthetic twin)")
     return root
@@ -140,13 +149,14 @@ def _fold_table(comp: Competition, root: Path, config: Config) -> tuple[Any, Any
     Under torchrun every process computes the same split from the seed; only rank 0 writes it.
     """
     rows = table(comp, root, "train")
-    if (root / folds.FILE_NAME).is_file():
-        split = folds.read(root)
+    name = folds.file_name(comp)
+    if (root / name).is_file():
+        split = folds.read(root, name)
     else:
-        split = _split(comp, rows, config.n_folds, config.seed)
+        split = _split(comp, rows, config.n_folds, config.seed, root)
         if _distributed.is_main():
-            folds.write(root, split)
-            echo(f"made {root / folds.FILE_NAME} ({config.n_folds} folds, seed {config.seed})")
+            folds.write(root, split, name=name)
+            echo(f"made {root / name} ({folds.count(split)} folds, seed {config.seed})")
     return rows, split, folds.assignments(rows, split, comp.id_column)
 
 
@@ -275,7 +285,7 @@ def train(name: str, fold: int, where: Places, *, overrides: dict[str, Any] | No
     elif not 0 <= fold < config.n_folds:
         raise CompkitError(f"fold {fold} does not exist; folds.csv has folds 0..{config.n_folds - 1}")
     _check_run(run_dir, config)
-    _check_split(run_dir, split, root)
+    _check_split(run_dir, split, root / folds.file_name(comp))
     _warn_offline_weights(comp, root, config)
     init_from = _init_weights(runs_root, config.init_from, part)
     from compkit import _pseudo, _train, balance
@@ -398,7 +408,7 @@ def train_folds(name: str, spec: str, where: Places, *, overrides: dict[str, Any
                                                                 _distributed.world_size()))
     run_dir = runs_root / run
     config = _run_config(comp, run_dir, recipe_path, overrides or {}, resume=resume)
-    chosen = _fold_numbers(root, config, spec)
+    chosen = _fold_numbers(root / folds.file_name(comp), config, spec)
     finished = [k for k in chosen if resume and (run_dir / f"fold{k}" / DONE).is_file()]
     if finished:
         echo(f"run {run}: fold(s) {', '.join(map(str, finished))} already finished")
@@ -425,16 +435,17 @@ def train_folds(name: str, spec: str, where: Places, *, overrides: dict[str, Any
 def _run_config(comp: Competition, run_dir: Path, recipe_path: str | Path | None, overrides: dict[str, Any],
                 *, resume: bool = False) -> Config:
     """The config the run's folds train with: its config.json when it has one (and no other recipe is given,
-    or it resumes), else the recipe."""
+    or it resumes), else the recipe. Of the competition's config class, so its own keys read back."""
     if (run_dir / "config.json").is_file() and (resume or recipe_path is None):
-        return Config.from_dict(json.loads((run_dir / "config.json").read_text())).replace(**overrides)
+        saved = json.loads((run_dir / "config.json").read_text())
+        return type(comp.defaults).from_dict(saved).replace(**overrides)
     return recipe(comp, recipe_path, overrides)
 
 
-def _fold_numbers(root: Path, config: Config, spec: str) -> list[int]:
-    """The folds ``spec`` names; "all" is every fold of the split (folds.csv, else the config's n_folds)."""
-    if (root / folds.FILE_NAME).is_file():
-        n_folds = int(folds.read(root)["fold"].max()) + 1
+def _fold_numbers(split_file: Path, config: Config, spec: str) -> list[int]:
+    """The folds ``spec`` names; "all" is every fold of the split (``split_file``, else the config's n_folds)."""
+    if split_file.is_file():
+        n_folds = folds.count(folds.read(split_file.parent, split_file.name))
     else:
         n_folds = config.n_folds
     if spec == "all":
@@ -496,15 +507,16 @@ def _run_to_resume(runs_root: Path, run: str | None, part: str) -> str:
     return resolved
 
 
-def _check_split(run_dir: Path, split: Any, root: Path) -> None:
-    """Refuse to train another fold of a run once folds.csv has changed (the run keeps its own copy)."""
+def _check_split(run_dir: Path, split: Any, split_file: Path) -> None:
+    """Refuse to train another fold of a run once its split file (folds.csv) has changed (the run keeps its
+    own copy)."""
     saved = run_dir / folds.FILE_NAME
     if saved.is_file() and not folds.same(folds.read(run_dir), split):
         raise CompkitError(
-            f"{root / folds.FILE_NAME} is not the split run {run_dir.name} was trained on (it was remade "
+            f"{split_file} is not the split run {run_dir.name} was trained on (it was remade "
             "since, e.g. by compkit folds --force), so this fold would validate on rows other folds "
             f"trained on: train a new run (--run-name NEW), or put the run's split back with: cp {saved} "
-            f"{root / folds.FILE_NAME}"
+            f"{split_file}"
         )
 
 
@@ -514,7 +526,7 @@ def _check_run(run_dir: Path, config: Config) -> None:
     if not saved.is_file():
         return
     # a key the saved config lacks was added to compkit after the run was made: the run had its default
-    previous = {**Config().to_dict(), **json.loads(saved.read_text())}
+    previous = {**type(config)().to_dict(), **json.loads(saved.read_text())}
     changed = {k for k, v in config.to_dict().items() if previous.get(k) != v} - RUNTIME_KEYS
     if changed:
         details = ", ".join(f"{k}: {previous.get(k)!r} -> {getattr(config, k)!r}" for k in sorted(changed))
@@ -534,7 +546,8 @@ def _record_run(run_dir: Path, config: Config, split: Any) -> None:
 def _format_config(config: Config, defaults: Config, name: str) -> str:
     """The config as an aligned block, three keys a line; ``*`` marks a value not the competition's default."""
     default = defaults.to_dict()
-    cells = [f"{key}={value}{'*' if default.get(key) != value else ''}" for key, value in config.to_dict().items()]
+    cells = [f"{key}={size_text(value) if key == 'image_size' else value}{'*' if default.get(key) != value else ''}"
+             for key, value in config.to_dict().items()]
     width = max(map(len, cells)) + 2
     rows = ["  " + "".join(cell.ljust(width) for cell in cells[i:i + 3]).rstrip() for i in range(0, len(cells), 3)]
     return f"config (* = not the {name} default):\n" + "\n".join(rows)
@@ -550,7 +563,7 @@ def competition_table() -> list[str]:
     for name in sorted(reg.competitions):
         comp = reg.competitions[name]
         has_demo = type(comp).make_demo is not Competition.make_demo
-        rows.append((name, comp.task, comp.metric, comp.kaggle or "-", "yes" if has_demo else "no",
+        rows.append((name, comp.kind.name, comp.metric, comp.kaggle or "-", "yes" if has_demo else "no",
                      ",".join(sorted(comp.recipes())) or "-", comp.title or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
@@ -661,7 +674,7 @@ def plugin_report() -> list[str]:
         head = f"{plugin.name} ({plugin.distribution} {plugin.version})"
         parts = [f"{kind}: {', '.join(names)}" for kind, names in
                  (("competitions", plugin.competitions), ("models", plugin.models),
-                  ("losses", plugin.losses), ("optimizers", plugin.optimizers), ("commands", plugin.commands))
+                  ("losses", plugin.losses), ("optimizers", plugin.optimizers), ("tasks", plugin.tasks), ("commands", plugin.commands))
                  if names]
         if plugin.error:
             lines.append(f"{head}: FAILED: {plugin.error}" + (f" (still loaded: {'; '.join(parts)})" if parts else ""))

@@ -48,6 +48,7 @@ class Plugin:
     models: list[str] = dataclasses.field(default_factory=list)
     losses: list[str] = dataclasses.field(default_factory=list)
     optimizers: list[str] = dataclasses.field(default_factory=list)
+    tasks: list[str] = dataclasses.field(default_factory=list)
     commands: list[str] = dataclasses.field(default_factory=list)
 
     def who(self) -> str:

@@ -21,16 +21,15 @@ from typing import Any
 import numpy as np
 
 from compkit import _io, places
-from compkit.averaging import run_config
 from compkit.competition import Competition
 from compkit.config import Config
 from compkit.datasets import ImageDataset, read_image
 from compkit.errors import CompkitError
 from compkit.places import Places
+from compkit.runs import run_config
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PREDICTIONS = Path("predictions")  # predictions/NAME/<run>-<stamp>.csv, beside data/, runs/, submissions/
-THRESHOLD = 0.5  # a mask pixel is foreground above this probability
 
 
 def predict_folder(name: str, where: Places, *, run: str | None = None, images: Path,
@@ -45,12 +44,12 @@ def predict_folder(name: str, where: Places, *, run: str | None = None, images: 
     runs_root = where.runs / name
     run = places.resolve_run(runs_root, run)
     run_dir = runs_root / run
-    config = run_config(run_dir)
+    config = run_config(run_dir, comp)
     table = image_table(images)
     folds, full = _submit.choose_models(run_dir, fold_spec)
     models = [f"fold{k}" for k in folds] + (["full"] if full else [])
     truth = read_labels(labels, table, comp) if labels is not None else None
-    segmentation = comp.task == "segmentation"
+    segmentation = comp.kind.dense  # a map per image: written as PNGs
     if segmentation:
         _check_stems(table, images)
     check_out(out, segmentation)
@@ -60,7 +59,7 @@ def predict_folder(name: str, where: Places, *, run: str | None = None, images: 
         FolderImages(comp, dataset), config, images, run_dir, models, table, view_mode, device, batch_size
     )
     if segmentation:
-        written = write_masks(out, name, run, table, probabilities)
+        written = write_masks(out, name, run, table, probabilities, comp.kind)
     else:
         written = write_csv(out, name, run, probability_frame(comp, table, probabilities))
     if truth is not None:
@@ -106,10 +105,10 @@ def _check_stems(table: Any, folder: Path) -> None:
 
 class FolderDataset(ImageDataset):
     """Image files decoded as the competition's models see them (grayscale or RGB), resized to ``resize_to``
-    x ``resize_to`` first unless that is None (the transforms size them)."""
+    (a square's side, or (H, W)) first unless that is None (the transforms size them)."""
 
     def __init__(
-        self, paths: list[Path], transform: Any, *, task: str, channels: int, resize_to: int | None
+        self, paths: list[Path], transform: Any, *, task: Any, channels: int, resize_to: int | tuple[int, int] | None
     ) -> None:
         super().__init__(paths, None, transform, task=task, channels=channels)
         self.resize_to = resize_to
@@ -124,11 +123,6 @@ class FolderDataset(ImageDataset):
 def folder_dataset(comp: Competition, config: Config, table: Any) -> Any:
     """A dataset over ``table["path"]`` that yields what ``comp``'s test dataset yields: items
     ``{"image": float32 [C, H, W]}`` after the competition's test transforms for ``config``."""
-    if comp.task not in ("classification", "multilabel", "segmentation"):
-        raise CompkitError(
-            f"{comp.name} is a {comp.task} competition: compkit predict knows classification, "
-            "multilabel and segmentation"
-        )
     if comp.in_channels not in (1, 3):
         raise CompkitError(
             f"{comp.name}'s models take {comp.in_channels}-channel inputs; compkit predict reads "
@@ -136,11 +130,11 @@ def folder_dataset(comp: Competition, config: Config, table: Any) -> Any:
             "compkit submit"
         )
     transform = comp.transforms("test", config)
-    resize_to = None if _sets_size(comp, transform, config) else config.image_size
+    resize_to = None if _sets_size(comp, transform, config) else config.image_size  # a side, or (H, W)
     return FolderDataset(
         [Path(path) for path in table["path"]],
         transform,
-        task=comp.task,
+        task=comp.kind,
         channels=comp.in_channels,
         resize_to=resize_to,
     )
@@ -148,8 +142,8 @@ def folder_dataset(comp: Competition, config: Config, table: Any) -> Any:
 
 def _sets_size(comp: Competition, transform: Any, config: Config) -> bool:
     """Whether the test transforms give every image its size themselves: they change a probe image's."""
-    size = config.image_size
-    shape = (size + 11, size + 23) + (() if comp.in_channels == 1 else (3,))
+    height, width = config.size
+    shape = (height + 11, width + 23) + (() if comp.in_channels == 1 else (3,))
     if transform is None:
         return False
     try:
@@ -190,8 +184,8 @@ def read_labels(path: Path, table: Any, comp: Competition) -> Any:
     folder and every label a class name. Errors name the file and the line."""
     import pandas as pd
 
-    if comp.task != "classification":
-        raise CompkitError(f"--labels scores single-label classification; {comp.name} is {comp.task}")
+    if not comp.kind.one_label:
+        raise comp.kind.refuse(comp, "--labels (accuracy and a confusion matrix)", "single-label classification")
     path = Path(path)
     if not path.is_file():
         raise CompkitError(f"--labels {path}: no such file")
@@ -286,7 +280,7 @@ def probability_frame(comp: Competition, table: Any, probabilities: np.ndarray) 
     columns = [f"p_{name}" for name in names] if {"image", "label"} & set(names) else names
     frame = pd.DataFrame(probabilities.astype(np.float32), columns=columns)
     frame.insert(0, "image", table["image"].to_numpy())
-    if comp.task == "classification":
+    if comp.kind.one_label:
         frame["label"] = [names[i] for i in probabilities.argmax(axis=1)]
     return frame
 
@@ -304,8 +298,9 @@ def write_csv(out: Path | None, name: str, run: str, frame: Any) -> Path:
     return path
 
 
-def write_masks(out: Path | None, name: str, run: str, table: Any, probabilities: np.ndarray) -> Path:
-    """A PNG per image, named by its stem, at its own size: 255 where the probability is above ``THRESHOLD``.
+def write_masks(out: Path | None, name: str, run: str, table: Any, probabilities: Any, task: Any) -> Path:
+    """A PNG per image, named by its stem, at its own size, as the task draws it (``Task.png``: binary
+    segmentation 255 where the probability is above 0.5, multi-class the class index of each pixel).
 
     Written into a staging folder beside the target, which then moves into place: never half the masks."""
     import cv2
@@ -323,11 +318,7 @@ def write_masks(out: Path | None, name: str, run: str, table: Any, probabilities
         for image, path, probability in zip(table["image"], table["path"], probabilities):
             with Image.open(path) as opened:
                 width, height = opened.size
-            if probability.shape != (height, width):
-                probability = cv2.resize(
-                    probability.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR
-                )
-            mask = np.where(probability > THRESHOLD, 255, 0).astype(np.uint8)
+            mask = task.png(task.decided(probability), (height, width))
             if not cv2.imwrite(str(staging / f"{Path(image).stem}.png"), mask):
                 raise CompkitError(f"could not write the mask of {image} into {staging}")
         if out.is_dir():

@@ -18,9 +18,12 @@ if TYPE_CHECKING:
     import torch.nn
 
     from compkit.competition import Competition
+    from compkit.tasks import Task
 
-PLURAL = {"competition": "competitions", "model": "models", "loss": "losses", "optimizer": "optimizers"}
-INSTALL_HINT = "Install one with: pip install compkit-<name> (first-party: siim, plant-pathology, cifar10, hotdog, digits)"
+PLURAL = {"competition": "competitions", "model": "models", "loss": "losses", "optimizer": "optimizers",
+          "task": "tasks"}
+INSTALL_HINT = ("Install one with: pip install compkit-<name> (first-party: siim, plant-pathology, cifar10, hotdog, "
+                "digits, covid-cxr, isbi, voc)")
 
 
 class Registry:
@@ -34,6 +37,8 @@ class Registry:
         self.models: dict[str, Callable[..., Any]] = {}
         self.losses: dict[str, Callable[[], Any]] = {}
         self.optimizers: dict[str, Callable[..., Any]] = {}
+        self.tasks: dict[str, Task] = {}
+        self._collect("register_tasks", "task", self.tasks, self._add_task)
         self._collect("register_competitions", "competition", self.competitions, self._add_competition)
         self._collect("register_models", "model", self.models, self._add_factory)
         self._collect("register_losses", "loss", self.losses, self._add_factory)
@@ -59,6 +64,14 @@ class Registry:
         if not isinstance(name, str) or not callable(factory):
             raise CompkitError(f"register() expects (name: str, factory: callable), got ({name!r}, {factory!r})")
         return name, factory
+
+    @staticmethod
+    def _add_task(task: Any) -> tuple[str, Any]:
+        from compkit.tasks import Task
+
+        if not isinstance(task, Task) or not task.name:
+            raise CompkitError(f"register() expects a Task instance with a name, got {task!r}")
+        return task.name, task
 
     @staticmethod
     def _add_competition(competition: Any) -> tuple[str, Any]:
@@ -97,6 +110,15 @@ class Registry:
             installed = ", ".join(sorted(self.competitions)) or "none"
             raise CompkitError(f"unknown competition {name!r}; installed: {installed}. {INSTALL_HINT}")
         return self.competitions[name]
+
+    def task(self, name: str) -> Task:
+        """The registered task ``name``; unknown names list the registered ones."""
+        if name in self.clashes["task"]:
+            raise CompkitError(self.clashes["task"][name])
+        if name not in self.tasks:
+            raise CompkitError(f"unknown task {name!r}; available: {', '.join(sorted(self.tasks))} (a plugin "
+                               "adds one with the register_tasks hook, or sets a compkit.tasks.Task instance)")
+        return self.tasks[name]
 
     def model(self, name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False) -> torch.nn.Module:
         """Build model ``family/variant`` (or ``family``) with ``num_classes`` outputs."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from compkit import oof, places
 from compkit.competition import Competition
-from compkit.config import Config
+from compkit.config import Config, size_text
 from compkit.errors import CompkitError
 
 DONE = "fold.json"  # as compkit.pipeline.DONE, which this module does not import (it would stay light)
@@ -74,6 +74,19 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def run_config(run_dir: Path, comp: Competition) -> Config:
+    """The run's saved config as the competition's config class (``type(comp.defaults)``: a plugin's own
+    recipe keys included); a run without config.json is an error saying so."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise CompkitError(f"{path} is missing: {run_dir} is not a trained run (compkit train writes it)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise CompkitError(f"{path} is damaged ({error}); the run cannot be used") from None
+    return type(comp.defaults).from_dict(saved)
 
 
 def run_date(run_dir: Path) -> datetime.datetime:
@@ -169,7 +182,7 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
         if row["cv"] is not None and row["cv_folds"] != every:
             cv += f" ({','.join(map(str, row['cv_folds']))})"
         cells.append([row["run"], row["date"].replace("T", " ")[:16], _text(row["model"]),
-                      _text(row["image_size"]), _text(row["epochs"]),
+                      _size(row["image_size"]), _text(row["epochs"]),
                       *[_fold_cell(folds.get(k)) for k in fold_ids], cv, "yes" if row["full"] else "no",
                       str(row["submissions"]), _format_score(row["best_public"])])
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
@@ -223,6 +236,14 @@ def _format_score(value: float | None) -> str:
 
 def _text(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _size(value: Any) -> str:
+    """config.json's image_size as people write it: 224, or 320x480 for height x width."""
+    try:
+        return size_text(value)
+    except CompkitError:  # not a size compkit wrote
+        return _text(value)
 
 
 def _number(value: Any) -> float | None:

@@ -50,9 +50,11 @@ class CompetitionContract:
                                             num_workers=0, device="cpu", **cls.overrides)
 
     def test_registered_under_its_name(self, competition: Competition) -> None:
+        from compkit.tasks import Task
+
         assert competition.name == self.name
-        assert competition.task in ("classification", "multilabel", "segmentation")
-        assert competition.task == "segmentation" or len(competition.classes) >= 2
+        assert isinstance(competition.kind, Task)  # a registered task name, or a Task
+        assert competition.num_classes >= 1 and competition.activation in ("softmax", "sigmoid")
 
     def test_top_module_imports_without_torch(self) -> None:
         code = f"import sys, {self.module}; assert 'torch' not in sys.modules, 'torch imported'"
@@ -65,15 +67,13 @@ class CompetitionContract:
         table = competition.train_table(root)
         assert competition.id_column in table.columns
         item = competition.dataset(table.head(2), root, "train", config)[0]
-        image, target = item["image"], item["target"]
-        assert image.dtype == torch.float32 and image.ndim == 3
-        assert image.shape == (competition.in_channels, self.image_size, self.image_size)
-        if competition.task == "segmentation":
-            assert target.dtype == torch.float32 and target.shape == (1, self.image_size, self.image_size)
-        elif target.dtype == torch.int64:
-            assert competition.task == "classification" and target.ndim == 0
-        else:
-            assert target.dtype == torch.float32 and target.shape == (len(competition.classes),)
+        assert isinstance(item["image"], torch.Tensor)
+        competition.kind.check_item(item, competition, self.item_size(config))  # raises what does not fit
+
+    def item_size(self, config: Config) -> tuple[int, int] | None:
+        """The (height, width) of a training item's image: the config's image size (a plugin whose training
+        transforms crop to another size overrides this)."""
+        return tuple(config.size)
 
     def test_test_item_has_no_target(self, competition: Competition, root: Path, config: Config) -> None:
         table = competition.test_table(root)
@@ -97,10 +97,9 @@ class CompetitionContract:
     def test_submission_matches_the_sample(self, competition: Competition, root: Path) -> None:
         table = competition.test_table(root)
         rng = np.random.default_rng(0)
-        if competition.task == "segmentation":
-            predictions = (rng.random((len(table), 16, 16)) > 0.7).astype(np.float32)
-        else:
-            predictions = rng.dirichlet(np.ones(len(competition.classes)), size=len(table)).astype(np.float32)
+        if competition.output_files:
+            pytest.skip("file outputs: test_files_are_written checks them")
+        predictions = competition.kind.random_predictions(len(table), competition, rng)
         frame = competition.submission(table, predictions)
         sample = competition.read_sample(root)
         if sample is None:  # no sample submission (not a Kaggle competition): one row per test row, in order
@@ -111,20 +110,34 @@ class CompetitionContract:
         else:
             submission.validate(frame, sample, competition.labels())
 
+    def test_files_are_written(self, competition: Competition, root: Path, config: Config,
+                               tmp_path: Path) -> None:
+        """A competition whose submission is files writes them from random predictions of the size its test
+        items have; one with a table needs no ``write_files``."""
+        import torch
+
+        if not competition.output_files:
+            pytest.skip("a table submission: test_submission_matches_the_sample checks it")
+        table = competition.test_table(root)
+        image = competition.dataset(table.head(1), root, "test", config)[0]["image"]
+        rng = np.random.default_rng(0)
+        task = competition.kind
+        logits = torch.from_numpy(rng.normal(size=(len(table), task.outputs(competition), *image.shape[1:])))
+        probabilities = task.squeeze(task.probabilities(logits)).numpy()
+        written = competition.write_files(table, [task.decided(p) for p in probabilities], tmp_path)
+        assert written and all(Path(path).is_file() and Path(path).is_relative_to(tmp_path) for path in written)
+
     def test_score_is_perfect_on_the_truth(self, competition: Competition, root: Path, config: Config) -> None:
+        import torch
+
         table = competition.train_table(root)
         dataset = competition.dataset(table, root, "valid", config)
-        targets = np.stack([dataset[i]["target"].numpy() for i in range(len(dataset))])
-        if competition.task == "segmentation":
-            targets = targets[:, 0]
-            perfect = targets.astype(np.float32)
-        elif targets.ndim == 1:
-            perfect = np.eye(len(competition.classes), dtype=np.float32)[targets]
-        else:
-            perfect = targets.astype(np.float32)
-        best = competition.score(targets, perfect)
+        task = competition.kind
+        targets = torch.stack([dataset[i]["target"] for i in range(len(dataset))])
+        truth = task.stored_target(targets).numpy()  # as the out-of-fold file keeps them
+        best = competition.score(truth, task.perfect(truth, competition))
         assert np.isfinite(best)
-        if competition.metric in ("accuracy", "dice"):
+        if competition.metric in ("accuracy", "dice", "miou", "pixel_accuracy"):
             assert best == pytest.approx(1.0)
 
 
@@ -196,18 +209,13 @@ def end_to_end(name: str, workdir: Path, *settings: str, n_folds: int = 3, fold:
     scores = metrics[competition.metric]
     best = scores.max() if competition.higher_is_better else scores.min()
     oof = dict(np.load(fold_dir / "oof.npz", allow_pickle=False))
-    (path,) = sorted((workdir / "submissions" / name).glob("*.csv"))
+    written = workdir / "submissions" / name
+    (path,) = sorted(written.glob("*.csv")) or sorted(entry for entry in written.iterdir() if entry.is_dir())
     sidecar = json.loads(path.with_suffix(".json").read_text())
     return EndToEnd(metrics, oof, path, sidecar, float(best), trivial_baseline(competition, oof["targets"]))
 
 
 def trivial_baseline(competition: Competition, targets: np.ndarray) -> float:
-    """The score of the best constant prediction a model must beat (majority class, all empty, ...)."""
-    n = len(targets)
-    if competition.task == "segmentation":
-        constant = np.zeros(targets.shape, dtype=np.float32)
-    else:
-        classes = len(competition.classes)
-        counts = np.bincount(targets, minlength=classes) if targets.ndim == 1 else targets.sum(axis=0)
-        constant = np.tile(np.eye(classes, dtype=np.float32)[int(np.argmax(counts))], (n, 1))
-    return float(competition.score(targets, constant))
+    """The score of the best constant prediction a model must beat (the task's: majority class, all empty,
+    all background...)."""
+    return float(competition.score(targets, competition.kind.constant(targets, competition)))

@@ -88,12 +88,13 @@ def views(mode: str) -> tuple[View, ...]:
     return MODES[mode]
 
 
-def predict(fn: Callable[[Tensor], Tensor], images: Tensor, views: Sequence[View]) -> Tensor:
+def predict(fn: Callable[[Tensor], Tensor], images: Tensor, views: Sequence[View], *, dense: bool) -> Tensor:
     """Average ``fn``'s probabilities over views; dense outputs are inverted back first.
 
     ``images``: ``[B, C, H, W]``. ``fn`` maps ``[B, C, H, W]`` to PROBABILITIES, either ``[B, K]``
-    (or any shape that is not 4-D; merged as is) or a map ``[B, K, H', W']`` (inverted with its
-    view, whatever its resolution). Returns the mean, same shape, float32 at least.
+    (``dense`` False: merged as they are) or, with ``dense`` (the task's: segmentation), maps
+    ``[B, K, H', W']``, each channel inverted with its view, whatever the resolution. Returns the
+    mean, same shape, float32 at least.
 
     On CUDA the views go through ``fn`` together, as one batch of up to ``BATCH_PIXELS`` input
     pixels (a GPU is busier with one large batch than with k small ones), and an out-of-memory
@@ -109,7 +110,7 @@ def predict(fn: Callable[[Tensor], Tensor], images: Tensor, views: Sequence[View
     total = None
     for start in range(0, len(views), group):
         for view, output in _outputs(fn, images, views[start:start + group]):
-            if output.ndim == 4:
+            if dense:
                 output = view.inverse(output)
             output = output.to(torch.promote_types(output.dtype, torch.float32))
             total = output if total is None else total + output

@@ -61,7 +61,7 @@ def test_json_round_trip():
 
 @pytest.mark.parametrize("key, value", [("batch_size", 0), ("batch_size", -4), ("image_size", 0), ("lr", -1.0),
                                         ("lr", 0.0), ("epochs", 0), ("num_workers", 100000), ("precise_bn", -1),
-                                        ("n_folds", 1), ("ema", 1.5), ("gamma", 0.0)])
+                                        ("n_folds", 0), ("ema", 1.5), ("gamma", 0.0)])
 def test_out_of_range_values_are_errors_naming_key_and_value(key, value):
     with pytest.raises(CompkitError, match=rf"config key '{key}' must be .*got {value!r}"):
         Config().replace(**{key: value})

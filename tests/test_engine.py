@@ -190,7 +190,7 @@ def test_dense_output_is_squeezed_for_score_and_oof(tmp_path):
         return float(2 * overlap / max(1.0, (probabilities > 0.5).sum() + targets.sum()))
 
     train, valid = loaders(dense=True)
-    trainer = build(segmenter, nn.BCEWithLogitsLoss(), activation="sigmoid")
+    trainer = build(segmenter, nn.BCEWithLogitsLoss(), task="segmentation")
     result = trainer.fit(train, valid, epochs=2, score=dice, metric="dice", out_dir=tmp_path)
     assert seen["shapes"] == ((11, 8, 8), (11, 8, 8))
     stored = np.load(tmp_path / "oof.npz")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from compkit import _submit, predict_folder, registry
+from compkit import _submit, predict_folder, registry, tasks
 from compkit.config import Config
 from tests._cli import FAST, invoke, places_env
 
@@ -179,7 +179,7 @@ def test_masks_are_written_at_each_image_size_by_stem(tmp_path):
     probabilities = np.zeros((2, 16, 16), np.float32)
     probabilities[:, :, 8:] = 0.9  # the right half
     out = tmp_path / "masks"
-    assert predict_folder.write_masks(out, "siim", "r", table, probabilities) == out
+    assert predict_folder.write_masks(out, "siim", "r", table, probabilities, tasks.get("segmentation")) == out
     assert sorted(path.name for path in out.iterdir()) == ["a.png", "b.png"]
     mask = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (30, 40) and set(np.unique(mask)) == {0, 255}

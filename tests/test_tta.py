@@ -75,7 +75,7 @@ def test_view_counts_and_d4_is_eight_distinct_transforms():
 def test_classification_equals_hand_computed_average(mode):
     x = images()
     expected = torch.stack([quadrant_classifier(viewed) for viewed, _ in hand_views(mode, x)]).mean(0)
-    result = tta.predict(quadrant_classifier, x, tta.views(mode))
+    result = tta.predict(quadrant_classifier, x, tta.views(mode), dense=False)
     assert result.shape == (2, 2)
     torch.testing.assert_close(result, expected)
     if mode != "none":
@@ -87,7 +87,7 @@ def test_classification_equals_hand_computed_average(mode):
 def test_segmentation_equals_hand_computed_average_of_inverted_outputs(mode):
     x = images()
     expected = torch.stack([back(cumsum_segmenter(viewed)) for viewed, back in hand_views(mode, x)]).mean(0)
-    result = tta.predict(cumsum_segmenter, x, tta.views(mode))
+    result = tta.predict(cumsum_segmenter, x, tta.views(mode), dense=True)
     assert result.shape == (2, 1, 6, 6)
     torch.testing.assert_close(result, expected)
 
@@ -97,7 +97,7 @@ def test_segmentation_on_non_square_images_with_flips():
     expected = torch.stack([back(cumsum_segmenter(viewed)) for viewed, back in hand_views("flips", x)]).mean(
         0
     )
-    torch.testing.assert_close(tta.predict(cumsum_segmenter, x, tta.views("flips")), expected)
+    torch.testing.assert_close(tta.predict(cumsum_segmenter, x, tta.views("flips"), dense=True), expected)
 
 
 def test_lower_resolution_maps_are_inverted_too():
@@ -106,7 +106,7 @@ def test_lower_resolution_maps_are_inverted_too():
 
     x = images(8, 8)
     expected = (pooled(x) + pooled(x.flip(3)).flip(3)) / 2
-    torch.testing.assert_close(tta.predict(pooled, x, tta.views("hflip")), expected)
+    torch.testing.assert_close(tta.predict(pooled, x, tta.views("hflip"), dense=True), expected)
 
 
 def test_merges_probabilities_not_logits():
@@ -115,7 +115,7 @@ def test_merges_probabilities_not_logits():
     def logits(batch):
         return 8 * (batch.mean(dim=1, keepdim=True).cumsum(dim=-1) - 3.0)
 
-    result = tta.predict(lambda batch: torch.sigmoid(logits(batch)), x, tta.views("hflip"))
+    result = tta.predict(lambda batch: torch.sigmoid(logits(batch)), x, tta.views("hflip"), dense=True)
     mean_of_probabilities = (torch.sigmoid(logits(x)) + torch.sigmoid(logits(x.flip(3))).flip(3)) / 2
     probability_of_mean = torch.sigmoid((logits(x) + logits(x.flip(3)).flip(3)) / 2)
     torch.testing.assert_close(result, mean_of_probabilities)
@@ -123,13 +123,13 @@ def test_merges_probabilities_not_logits():
 
 
 def test_low_precision_outputs_are_averaged_in_float32():
-    result = tta.predict(lambda batch: quadrant_classifier(batch).bfloat16(), images(), tta.views("d4"))
+    result = tta.predict(lambda batch: quadrant_classifier(batch).bfloat16(), images(), tta.views("d4"), dense=False)
     assert result.dtype == torch.float32
 
 
 def test_d4_on_non_square_images_raises():
     with pytest.raises(CompkitError, match="square") as caught:
-        tta.predict(quadrant_classifier, images(4, 6), tta.views("d4"))
+        tta.predict(quadrant_classifier, images(4, 6), tta.views("d4"), dense=False)
     assert "4x6" in str(caught.value)
 
 
@@ -140,7 +140,7 @@ def test_unknown_mode_lists_the_options():
 
 def test_no_views_raises():
     with pytest.raises(CompkitError, match="at least one view"):
-        tta.predict(quadrant_classifier, images(), ())
+        tta.predict(quadrant_classifier, images(), (), dense=False)
 
 
 class CudaLike(torch.Tensor):
@@ -159,17 +159,17 @@ def test_views_go_through_the_model_as_one_batch_within_the_pixel_budget(monkeyp
         seen.append(len(x))
         return torch.sigmoid(x[:, :1] * 2)
 
-    merged = tta.predict(model, images, tta.views("d4"))
+    merged = tta.predict(model, images, tta.views("d4"), dense=True)
     assert seen == [16]  # 8 views x 2 images, one call
     seen.clear()
     monkeypatch.setattr(tta, "BATCH_PIXELS", 3 * 2 * 8 * 8)  # three views' worth
-    assert torch.allclose(tta.predict(model, images, tta.views("d4")), merged, atol=1e-6)
+    assert torch.allclose(tta.predict(model, images, tta.views("d4"), dense=True), merged, atol=1e-6)
     assert seen == [6, 6, 4]  # 3 + 3 + 2 views of 2 images
     seen.clear()
     expected = sum(v.inverse(model(v.forward(images))) for v in tta.views("d4")) / 8
     assert torch.allclose(merged, expected, atol=1e-6)
     seen.clear()
-    tta.predict(model, images.as_subclass(torch.Tensor), tta.views("d4"))
+    tta.predict(model, images.as_subclass(torch.Tensor), tta.views("d4"), dense=True)
     assert seen == [2] * 8  # on the CPU, one call per view
 
 
@@ -184,6 +184,6 @@ def test_out_of_memory_on_the_batched_views_falls_back_to_one_view_at_a_time(mon
             raise torch.OutOfMemoryError("CUDA out of memory")
         return x.mean(dim=(1, 2, 3)).sigmoid()[:, None]
 
-    merged = tta.predict(model, images, tta.views("flips"))
+    merged = tta.predict(model, images, tta.views("flips"), dense=False)
     assert sizes == [6, 2, 2, 2]
     assert merged.shape == (2, 1)

@@ -86,17 +86,17 @@ class Cifar10(Competition):
         return table
 
     def transforms(self, stage: str, config: Config):
-        """Train: zero-pad by size/8 (4 px at 32), random crop back, horizontal flip; then normalise."""
+        """Train: zero-pad each side by its 1/8 (4 px at 32), random crop back, horizontal flip; then normalise."""
         import albumentations as A
         import cv2
 
-        size = config.image_size
-        steps = [A.Resize(size, size)]  # a no-op on cached images
+        height, width = config.size
+        steps = [A.Resize(height, width)]  # a no-op on cached images
         if stage == "train":
-            padded = size + 2 * (size // 8)
             steps += [
-                A.PadIfNeeded(padded, padded, border_mode=cv2.BORDER_CONSTANT, fill=0),
-                A.RandomCrop(size, size),
+                A.PadIfNeeded(height + 2 * (height // 8), width + 2 * (width // 8),
+                              border_mode=cv2.BORDER_CONSTANT, fill=0),
+                A.RandomCrop(height, width),
                 A.HorizontalFlip(p=0.5),
             ]
         return A.Compose([*steps, A.Normalize(mean=self.mean, std=self.std)])
@@ -109,7 +109,7 @@ class Cifar10(Competition):
 
         root = Path(root)
         full = self.test_table(root) if stage == "test" else self.train_table(root)
-        images = cached_images(root, full, stage, config.image_size)
+        images = cached_images(root, full, stage, config.size)
         rows = rows_of(full[self.id_column], table[self.id_column])
         targets = None if stage == "test" else table["target"].to_numpy(copy=True)
         return ArrayDataset(images, targets, self.transforms(stage, config), rows=rows)

@@ -86,7 +86,7 @@ class CovidCxr(Competition):
         import albumentations as A
         import cv2
 
-        steps = [A.Resize(config.image_size, config.image_size, interpolation=cv2.INTER_AREA)]
+        steps = [A.Resize(*config.size, interpolation=cv2.INTER_AREA)]
         if stage == "train":
             steps += [A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.7),
                       A.RandomBrightnessContrast(0.1, 0.1, p=0.5)]

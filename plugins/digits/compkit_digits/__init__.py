@@ -59,7 +59,7 @@ class Digits(Competition):
     def transforms(self, stage: str, config: Config):
         import albumentations as A
 
-        steps = [A.Resize(config.image_size, config.image_size)]
+        steps = [A.Resize(*config.size)]
         if stage == "train":  # no flips: a mirrored 2 is not a 2
             steps.append(A.Affine(translate_percent=0.08, rotate=(-10, 10), scale=(0.9, 1.1), p=0.8))
         return A.Compose([*steps, A.Normalize(mean=self.mean, std=self.std, max_pixel_value=255.0)])

@@ -80,14 +80,14 @@ class Hotdog(Competition):
 
     def transforms(self, stage: str, config: Config):
         """d2l's: train a random resized crop + flip; evaluate the centre after resizing the short side
-        to 256/224 of the size; ImageNet normalisation."""
+        to 256/224 of the size (the longer side of an H x W size); ImageNet normalisation."""
         import albumentations as A
 
-        size = config.image_size
+        height, width = config.size
         if stage == "train":
-            steps = [A.RandomResizedCrop((size, size)), A.HorizontalFlip(p=0.5)]
+            steps = [A.RandomResizedCrop((height, width)), A.HorizontalFlip(p=0.5)]
         else:
-            steps = [A.SmallestMaxSize(max_size=round(size * 256 / 224)), A.CenterCrop(size, size)]
+            steps = [A.SmallestMaxSize(max_size=round(max(height, width) * 256 / 224)), A.CenterCrop(height, width)]
         return A.Compose([*steps, A.Normalize(mean=self.mean, std=self.std)])
 
 

@@ -78,7 +78,7 @@ class PlantPathology(Competition):
         import albumentations as A
         import cv2
 
-        steps = [A.Resize(config.image_size, config.image_size)]  # a no-op on cached images
+        steps = [A.Resize(*config.size)]  # a no-op on cached images
         if stage == "train":
             steps += [
                 A.HorizontalFlip(p=0.5),
@@ -105,7 +105,7 @@ class PlantPathology(Competition):
         from compkit_plant_pathology.data import cached_images
 
         full = self.test_table(root) if stage == "test" else self.train_table(root)
-        images = cached_images(Path(root), full, stage, config.image_size)
+        images = cached_images(Path(root), full, stage, config.size)
         rows = rows_of(full[self.id_column], table[self.id_column])
         targets = None if stage == "test" else table[list(CLASSES)].to_numpy("float32", copy=True)
         return ArrayDataset(images, targets, self.transforms(stage, config), rows=rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compkit import Competition, Config, hookimpl
+from compkit.tasks import Segmentation
 
 # ImageNet's mean and std averaged over RGB: a one-channel encoder (smp, timm) sums the RGB filters of
 # its pretrained first convolution, so it expects roughly that scale.
@@ -19,13 +20,13 @@ class Siim(Competition):
     name = "siim"
     title = "SIIM-ACR Pneumothorax Segmentation"
     kaggle = "siim-acr-pneumothorax-segmentation"
-    task = "segmentation"
+    # the 1st place's rule searched too: empty unless enough pixels pass a high threshold
+    task = Segmentation(triple_threshold=True)
     classes = ("pneumothorax",)
     metric = "dice"
     id_column = "ImageId"
     stratify = "has_mask"
     sample_submission = "sample_submission.csv"
-    triple_threshold = True  # the 1st place's rule: empty unless enough pixels pass a high threshold
     in_channels = 1
     mean, std = GRAY_MEAN, GRAY_STD
     targets = "mask"  # what a dataset item carries as its target: the merged mask, or "has_mask"
@@ -93,7 +94,7 @@ class Siim(Competition):
 
         targets = None if stage == "test" else self.targets
         return build(
-            table, Path(root), stage, config.image_size, self.transforms(stage, config), targets=targets
+            table, Path(root), stage, config.size, self.transforms(stage, config), targets=targets
         )
 
     def submission(self, test_table, predictions):

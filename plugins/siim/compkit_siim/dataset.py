@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from compkit.cache import resized_images, rows_of
+from compkit.config import height_width
 from compkit.datasets import to_tensor
 from compkit.errors import CompkitError
 from compkit_siim import layout
@@ -97,13 +98,15 @@ class MaskReader:
         return resize_mask(mask, self.size)
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """A 0/1 mask (H, W) -> uint8 (size, size) of 0/1: area (or linear when enlarging) resize, cut at 0.5."""
-    if mask.shape == (size, size):
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """A 0/1 mask (H, W) -> uint8 (size, size), or ``size`` (height, width), of 0/1: area (or linear when
+    enlarging) resize, cut at 0.5."""
+    height, width = height_width(size)
+    if mask.shape == (height, width):
         return mask.astype(np.uint8)
-    shrinking = mask.shape[0] > size or mask.shape[1] > size
+    shrinking = mask.shape[0] > height or mask.shape[1] > width
     fraction = cv2.resize(
-        mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     )
     return (fraction >= 0.5).astype(np.uint8)
 
