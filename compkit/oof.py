@@ -32,12 +32,6 @@ def quantise(probabilities: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probabilities, 0.0, 1.0) * SCALE).astype(np.uint8)
 
 
-def dequantise(probabilities: np.ndarray) -> np.ndarray:
-    """float32 probabilities from stored ones: uint8 / 255, anything else as float32."""
-    values = np.asarray(probabilities, dtype=np.float32)
-    return values / SCALE if probabilities.dtype == np.uint8 else values
-
-
 def stored_epoch(path: Path) -> int | None:
     """The epoch an oof.npz was written for (None: no file, an unreadable one, or one without it)."""
     try:
