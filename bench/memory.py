@@ -4,7 +4,7 @@
    a U-Net at 512 px, at 1x and 4x the test images. Streaming (every fold predicts each batch, rows
    are made a batch at a time) is measured beside the whole-array path it replaced (each fold's
    probabilities for the whole test set, averaged, post-processed, then turned into rows), which
-   ``_submit.predict`` still gives.
+   ``pipeline._predict.predict`` still gives.
 2. **Out-of-fold predictions.** The CV over 5 folds and the post-processing search on SIIM-like OOF
    files at 512 px, at 1x and 4x the images.
 
@@ -53,9 +53,9 @@ def peak_mib() -> float:
 
 
 def child_submit(work: Path, streaming: bool) -> dict:
-    from compkit import _submit, postprocess, registry
+    from compkit import postprocess, registry
     from compkit.config import Config
-    from compkit.pipeline import table
+    from compkit.pipeline import _predict, submitting, table
 
     comp = registry.get().competition("siim")
     run_dir, root = work / "runs" / "siim" / "r", work / "data" / "siim"
@@ -64,14 +64,14 @@ def child_submit(work: Path, streaming: bool) -> dict:
     params = {"threshold": 0.5, "min_area": 0}
     models = [f"fold{k}" for k in range(5)]
     # warm: models loaded, the test cache built, one batch through (allocator pools filled)
-    next(iter(_submit.predict_batches(comp, config, root, run_dir, models, test_table.head(8), "none", "cpu", 8)))
+    next(iter(_predict.predict_batches(comp, config, root, run_dir, models, test_table.head(8), "none", "cpu", 8)))
     base = rss_mib()
     if streaming:
-        frame = _submit.submission_rows(comp, config, root, run_dir, models, test_table, "none", "cpu", 8, params)
+        frame = submitting.submission_rows(comp, config, root, run_dir, models, test_table, "none", "cpu", 8, params)
     else:
         total = None
         for name in models:  # the path submit took before: each fold over the whole test set
-            probabilities = _submit.predict(comp, config, root, run_dir, [name], test_table, "none", "cpu", 8)
+            probabilities = _predict.predict(comp, config, root, run_dir, [name], test_table, "none", "cpu", 8)
             total = probabilities if total is None else total + probabilities
         frame = comp.submission(test_table, postprocess.apply(total / len(models), params))
     assert len(frame) >= len(test_table)
@@ -79,14 +79,15 @@ def child_submit(work: Path, streaming: bool) -> dict:
 
 
 def child_oof(work: Path) -> dict:
-    from compkit import _submit, registry
+    from compkit import registry
     from compkit.config import Config
+    from compkit.pipeline import submitting
 
     comp = registry.get().competition("siim")
     run_dir = work / "oof"
     base = rss_mib()
-    cv = _submit.cross_validation(comp, run_dir, list(range(5)))
-    params = _submit._postprocess(comp, Config(), run_dir, cv)
+    cv = submitting.cross_validation(comp, run_dir, list(range(5)))
+    params = submitting._postprocess(comp, Config(), run_dir, cv)
     return {"base": base, "peak": peak_mib(), "cv": cv["score"], "params": params}
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from compkit import _io, places
+from compkit import _io, console, places
 from compkit.competition import Competition
 from compkit.config import Config
 from compkit.errors import CompkitError
@@ -37,12 +37,12 @@ def average(name: str, where: Places, *, run: str | None = None, fold_spec: str 
 
     Every fold is checked (its top/ files and metrics.csv) before any is averaged.
     """
-    from compkit import pipeline
+    from compkit.pipeline import _common
 
     if top < 2:
         raise CompkitError(f"--top {top}: an average needs at least 2 epochs")
-    comp = pipeline.competition(name)
-    root = pipeline._data_root(comp, where)
+    comp = _common.competition(name)
+    root = _common.data_root(comp, where)
     runs_root = where.runs / name
     run = places.resolve_run(runs_root, run)
     run_dir = runs_root / run
@@ -54,7 +54,7 @@ def average(name: str, where: Places, *, run: str | None = None, fold_spec: str 
     for k in folds:
         fold_dir = run_dir / f"fold{k}"
         # a training of this fold writes top/, best.pt and oof.npz too: never both at once
-        with _io.locked(pipeline.fold_lock(runs_root, run, f"fold{k}"), wait=False, what=fold_dir):
+        with _io.locked(_common.fold_lock(runs_root, run, f"fold{k}"), wait=False, what=fold_dir):
             results.append(average_fold(comp, config, root, fold_dir, k, plans[k], rows, assignment,
                                         keep_if_better=keep_if_better, device=device, batch_size=batch_size))
     return results
@@ -65,7 +65,7 @@ def average(name: str, where: Places, *, run: str | None = None, fold_spec: str 
 
 def chosen_folds(run_dir: Path, spec: str) -> list[int]:
     """The folds of ``spec``: "all" (every fold with a best.pt) or comma-separated numbers."""
-    from compkit._submit import choose_folds
+    from compkit.pipeline._common import choose_folds
 
     return choose_folds(run_dir, spec.strip())
 
@@ -104,9 +104,7 @@ def top_checkpoints(
             f"{fold_dir / 'metrics.csv'}: nothing to rank them by"
         )
     if len(ranked) < top:
-        from compkit.pipeline import echo
-
-        echo(f"note: {folder} holds {len(ranked)} epochs, fewer than --top {top}: averaging those")
+        console.note(f"{folder} holds {len(ranked)} epochs, fewer than --top {top}: averaging those")
     score = {row["epoch"]: row[comp.metric] for row in kept}
     return [(epoch, score[epoch], files[epoch]) for epoch in ranked[:top]]
 
@@ -157,9 +155,10 @@ def average_state_dicts(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _split(comp: Competition, root: Path, run_dir: Path) -> tuple[Any, Any]:
     """The training table and each row's fold in the split the run trained on (its own folds.csv)."""
-    from compkit import folds, pipeline
+    from compkit import folds
+    from compkit.pipeline import _common
 
-    rows = pipeline.table(comp, root, "train")
+    rows = _common.table(comp, root, "train")
     split = (folds.read(run_dir) if (run_dir / folds.FILE_NAME).is_file()
              else folds.read(root, folds.file_name(comp)))
     return rows, folds.assignments(rows, split, comp.id_column)
@@ -171,16 +170,16 @@ def average_fold(comp: Competition, config: Config, root: Path, fold_dir: Path, 
     """Average ``chosen`` (epoch, score, file), recompute BatchNorm on the fold's training rows, score the
     average on its validation rows, write averaged.pt, and with ``keep_if_better`` make it best.pt when it
     beats best.pt."""
-    from compkit import _train, engine, registry
+    from compkit import engine, registry
     from compkit.loaders import seed_everything
-    from compkit.pipeline import echo
+    from compkit.pipeline import _build
 
     checkpoints = [engine._read_checkpoint(path) for _, _, path in chosen]
     # what each checkpoint predicts with: its EMA weights when it kept them (as Engine.load does)
     weights = [c["ema"] if c.get("ema") is not None else c["model"] for c in checkpoints]
     averaged = average_state_dicts(weights)
     reg = registry.get()
-    model = reg.model(config.model, comp.num_classes, comp.in_channels, pretrained=False)
+    model = _build.build_model(comp, config, pretrained=False)
     loss = reg.loss(config.loss, config=config, competition=comp)
     train_table = rows[assignment != fold].reset_index(drop=True)
     valid_table = rows[assignment == fold].reset_index(drop=True)
@@ -189,7 +188,7 @@ def average_fold(comp: Competition, config: Config, root: Path, fold_dir: Path, 
             f"fold {fold} has no validation rows in the run's split: nothing to score the average on"
         )
     valid_ids = valid_table[comp.id_column].astype(str).tolist()
-    with _train.make_engine(comp, config, model, loss, device=device, quiet=False) as trainer:
+    with _build.make_engine(comp, config, model, loss, device=device, quiet=False) as trainer:
         target = trainer.ema.module if trainer.ema is not None else trainer.model
         try:
             target.load_state_dict(averaged)
@@ -198,10 +197,10 @@ def average_fold(comp: Competition, config: Config, root: Path, fold_dir: Path, 
                 f"the weights in {chosen[0][2]} do not fit {config.model} (the run's config.json "
                 f"changed?): {str(error).splitlines()[0]}"
             ) from None
-        train_loader = _train.loader(comp, train_table, root, "train", config, device=device)
+        train_loader = _build.loader(comp, train_table, root, "train", config, device=device)
         seed_everything(config.seed)  # the same BatchNorm statistics on every rerun
         trainer._recompute_batchnorm(train_loader, batches=config.precise_bn or len(train_loader))
-        valid_loader = _train.loader(
+        valid_loader = _build.loader(
             comp, valid_table, root, "valid", config, batch_size=batch_size, device=device
         )
         valid = trainer._evaluate(valid_loader)
@@ -234,7 +233,7 @@ def average_fold(comp: Competition, config: Config, root: Path, fold_dir: Path, 
     else:
         line += (f": wrote {fold_dir / AVERAGED}; best.pt unchanged (--keep-if-better makes a better "
                  "average best.pt)")
-    echo(line)
+    console.echo(line)
     result = {"fold": fold, "epochs": epochs, "score": value, "valid_loss": valid_loss, "against": baseline,
               "better": better, "kept": kept, "path": str(fold_dir / AVERAGED)}
     _record(fold_dir, result)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from compkit import __version__
+from compkit import __version__, console
 from compkit.errors import CompkitError, user_message
 
 
@@ -30,7 +30,7 @@ class Group(click.Group):
                 raise
             raise click.ClickException(_io.disk_full_message(error.filename, cleaned=False)) from None
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            console.echo("interrupted", err=True)
             sys.exit(130)
 
 
@@ -84,7 +84,7 @@ def download(name: str, demo: bool, force: bool, seed: int, data_dir: str | None
     from compkit import pipeline
 
     root = pipeline.download(name, places(data_dir), demo=demo, force=force, seed=seed)
-    click.echo(f"data ready in {root}")
+    console.echo(f"data ready in {root}")
 
 
 @cli.command()
@@ -270,7 +270,7 @@ def submit(name: str, run: str | None, fold_spec: str, tta: str | None, device: 
     path = pipeline.submit(name, places(data_dir, runs_dir, submissions_dir), run=run, fold_spec=fold_spec,
                            tta=tta, upload=upload, message=message, device=device, batch_size=batch_size,
                            allow_unfinished=allow_unfinished, checkpoint=checkpoint, mask_threshold=mask_threshold)
-    click.echo(f"wrote {path}")
+    console.echo(f"wrote {path}")
 
 
 @cli.command()
@@ -340,7 +340,7 @@ def predict(name: str, run: str | None, images: str, labels: str | None, out: st
                                          labels=Path(labels) if labels else None,
                                          out=Path(out) if out else None, fold_spec=fold_spec, tta=tta,
                                          device=device, batch_size=batch_size)
-    click.echo(f"wrote {path}")
+    console.echo(f"wrote {path}")
 
 
 @cli.command(name="runs")
@@ -368,13 +368,13 @@ def runs_command(name: str, diff: tuple[str, str] | None, as_json: bool, runs_di
     if diff:
         differences = runs.config_diff(where.runs / name, *diff)
         if as_json:
-            click.echo(json.dumps({"a": diff[0], "b": diff[1], "differences": [
+            console.echo(json.dumps({"a": diff[0], "b": diff[1], "differences": [
                 {"key": key, "a": a, "b": b} for key, a, b in differences]}, indent=2))
         else:
-            click.echo("\n".join(runs.diff_lines(*diff, differences)))
+            console.echo("\n".join(runs.diff_lines(*diff, differences)))
         return
     rows = runs.run_rows(pipeline.competition(name), where.runs / name, where.submission_dir(name))
-    click.echo(json.dumps(rows, indent=2) if as_json else "\n".join(runs.table_lines(rows)))
+    console.echo(json.dumps(rows, indent=2) if as_json else "\n".join(runs.table_lines(rows)))
 
 
 @cli.command()
@@ -445,7 +445,7 @@ def weights_pull(models: tuple[str, ...], folder: str) -> None:
     from compkit.builtins import pull_weights
 
     for model in models:
-        click.echo(f"wrote {pull_weights(model, Path(folder))}")
+        console.echo(f"wrote {pull_weights(model, Path(folder))}")
 
 
 @cli.command()
@@ -522,7 +522,7 @@ def competitions_command() -> None:
     from compkit import pipeline
 
     for line in pipeline.competition_table():
-        click.echo(line)
+        console.echo(line)
 
 
 @cli.command(name="plugins")
@@ -536,7 +536,7 @@ def plugins_command() -> None:
     from compkit import pipeline
 
     for line in pipeline.plugin_report():
-        click.echo(line)
+        console.echo(line)
 
 
 def add_plugin_commands(group: click.Group) -> None:
@@ -550,6 +550,6 @@ def main() -> None:
     try:
         add_plugin_commands(cli)  # loads the plugins; a real Ctrl-C meanwhile still stops, quietly
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        console.echo("interrupted", err=True)
         sys.exit(130)
     cli(prog_name="compkit")

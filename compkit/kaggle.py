@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
-from compkit import _net, archives
+from compkit import _net, archives, console
 from compkit._io import write_text
 from compkit.errors import CompkitError
 
@@ -714,4 +714,4 @@ def _competition_advice(slug: str) -> dict[int, str]:
 
 
 def _say(message: str) -> None:
-    print(f"compkit: {_redact(message)}", file=sys.stderr)
+    console.echo(f"compkit: {_redact(message)}", err=True)

@@ -14,10 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from compkit import _io, places
+from compkit import _io, console, places
 from compkit.errors import CompkitError
 from compkit.pack import NO_USER, dataset_slug, read_pack
-from compkit.pipeline import competition, echo
+from compkit.pipeline._common import competition
 from compkit.places import Places
 
 NOTEBOOK = "notebook.ipynb"
@@ -128,7 +128,7 @@ def notebook(name: str, where: Places, *, run: str | None = None, pack_dir: str 
     _io.write_text(out / SCRIPT, script)
     _io.write_text(out / NOTEBOOK, json.dumps(to_notebook(script), indent=1) + "\n")
     _io.write_text(out / KERNEL_METADATA, json.dumps(kernel_metadata(info, comp.kaggle, user), indent=2) + "\n")
-    echo(f"wrote {out / NOTEBOOK} and {out / SCRIPT} (pack {pack_dir}, dataset {info['dataset']})")
+    console.echo(f"wrote {out / NOTEBOOK} and {out / SCRIPT} (pack {pack_dir}, dataset {info['dataset']})")
     if api is not None:
         push_notebook(out, api=api)
     return out
@@ -184,5 +184,5 @@ def push_notebook(folder: Path, *, api: Any = None) -> dict[str, Any]:
         raise CompkitError(f"Kaggle refused notebook {ref}: {response.error}")
     result = {"ref": getattr(response, "ref", "") or ref, "url": getattr(response, "url", ""),
               "version": getattr(response, "version_number", None)}
-    echo(f"pushed notebook {result['ref']} (version {result['version']}) {result['url']}".rstrip())
+    console.echo(f"pushed notebook {result['ref']} (version {result['version']}) {result['url']}".rstrip())
     return result

@@ -26,15 +26,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from compkit import _io, _submit, places, registry
+from compkit import _io, console, places, registry
 from compkit.competition import Competition
 from compkit.config import Config
 from compkit.errors import CompkitError
-from compkit.pipeline import DONE, competition, echo
+from compkit.pipeline import _common, submitting
+from compkit.pipeline._common import DONE, competition
 from compkit.places import Places
 
 PACK_FILE = "pack.json"
-PACKED_FILE = _submit.PACKED  # in the packed run folder: the CV recorded when packing (no oof.npz)
+PACKED_FILE = submitting.PACKED  # in the packed run folder: the CV recorded when packing (no oof.npz)
 METADATA_FILE = "dataset-metadata.json"
 NO_USER = "YOUR-KAGGLE-USERNAME"
 LICENSE = "CC0-1.0"
@@ -54,10 +55,10 @@ def pack(name: str, where: Places, *, run: str | None = None, fold_spec: str = "
     runs_root = where.runs / name
     run = places.resolve_run(runs_root, run)
     run_dir = runs_root / run
-    folds, full = _submit.choose_models(run_dir, fold_spec)
-    records = {f"fold{k}": record for k, record in _submit.fold_records(run_dir, folds, allow_unfinished=False).items()}
+    folds, full = _common.choose_models(run_dir, fold_spec)
+    records = {f"fold{k}": record for k, record in _common.fold_records(run_dir, folds, allow_unfinished=False).items()}
     if full:
-        records["full"] = _submit._full_record(run_dir, allow_unfinished=False)
+        records["full"] = _common.full_record(run_dir, allow_unfinished=False)
     models = ",".join([str(k) for k in folds] + (["full"] if full else []))  # submit's --folds
     target = Path(out) if out else Path("packs") / name / run
     api = _api() if upload else None  # no credentials: say so before building anything
@@ -74,18 +75,18 @@ def pack(name: str, where: Places, *, run: str | None = None, fold_spec: str = "
             (staging / "requirements.txt").write_text(requirements(list(sources)), encoding="utf-8")
             info = {"competition": name, "kaggle": comp.kaggle, "run": run, "folds": models,
                     "tta": _config(run_dir, comp).tta, "half": half, "distributions": list(sources),
-                    "code_version": _submit.code_version(comp),
+                    "code_version": submitting.code_version(comp),
                     "source": str(run_dir.resolve()),
                     "written": datetime.datetime.now().isoformat(timespec="seconds")}
             (staging / PACK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             metadata = dataset_metadata(user, name, run)
             (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
             _replace(staging, target)
-    echo(f"packed {name} run {run}, folds {models}{' (float16)' if half else ''}: "
-         f"{target} ({human_size(folder_size(target))})")
+    console.echo(f"packed {name} run {run}, folds {models}{' (float16)' if half else ''}: "
+                 f"{target} ({human_size(folder_size(target))})")
     if user == NO_USER:
-        echo(f"note: no Kaggle username found (KAGGLE_USERNAME or kaggle.json): set \"id\" in {target / METADATA_FILE} "
-             "before uploading it yourself")
+        console.note(f"no Kaggle username found (KAGGLE_USERNAME or kaggle.json): set \"id\" in {target / METADATA_FILE} "
+                     "before uploading it yourself")
     if api is not None:
         upload_pack(target, message or f"compkit {name} run {run}, folds {models}", api=api)
     return target
@@ -108,12 +109,12 @@ def _write_run(comp: Competition, run_dir: Path, out: Path, folds: list[int], re
     shutil.copyfile(run_dir / "config.json", out / "config.json")
     cv: dict[str, Any] = {"score": None, "folds": {}}
     if folds:
-        cv = _submit.cross_validation(comp, run_dir, folds)
+        cv = submitting.cross_validation(comp, run_dir, folds)
         packed = {"folds": folds, "metric": comp.metric, "cv_score": cv["score"], "fold_scores": cv["folds"],
                   "half": half}
         (out / PACKED_FILE).write_text(json.dumps(packed, indent=2, default=float) + "\n", encoding="utf-8")
     if comp.kind.searches_postprocess:
-        params = _submit._postprocess(comp, _config(run_dir, comp), run_dir, cv)
+        params = submitting._postprocess(comp, _config(run_dir, comp), run_dir, cv)
         (out / "postprocess.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     for model, record in records.items():
         (out / model).mkdir()
@@ -266,18 +267,18 @@ def upload_pack(folder: Path, message: str, *, api: Any = None) -> dict[str, Any
         raise CompkitError(f"{folder / METADATA_FILE} has no Kaggle username in its id ({ref}): set it")
     exists = kaggle._call({}, _dataset_exists, api, ref, doing=f"looking up dataset {ref}", retry=True)
     if exists:
-        echo(f"uploading {folder} as a new version of dataset {ref}")
+        console.echo(f"uploading {folder} as a new version of dataset {ref}")
         response = kaggle._call({}, api.dataset_create_version, str(folder), message, quiet=True, dir_mode="zip",
                                 doing=f"uploading a new version of dataset {ref}")
     else:
-        echo(f"uploading {folder} as the new dataset {ref}")
+        console.echo(f"uploading {folder} as the new dataset {ref}")
         response = kaggle._call({}, api.dataset_create_new, str(folder), public=False, quiet=True, dir_mode="zip",
                                 doing=f"creating dataset {ref}")
     if getattr(response, "error", None):
         raise CompkitError(f"Kaggle refused dataset {ref}: {response.error}")
     result = {"ref": getattr(response, "ref", "") or ref, "url": getattr(response, "url", ""),
               "status": str(getattr(response, "status", ""))}
-    echo(f"uploaded dataset {result['ref']} {result['url']}".rstrip())
+    console.echo(f"uploaded dataset {result['ref']} {result['url']}".rstrip())
     return result
 
 

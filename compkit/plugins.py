@@ -17,7 +17,6 @@ import importlib.metadata
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from compkit import hookspecs
+from compkit import console, hookspecs
 
 if TYPE_CHECKING:
     import click
@@ -202,8 +201,8 @@ class Manager:
         for plugin in self.failed():
             if plugin.name not in self._warned:
                 self._warned.add(plugin.name)
-                print(f"warning: compkit plugin {plugin.name!r} ({plugin.distribution}) failed: {plugin.error}",
-                      file=sys.stderr)
+                console.echo(f"warning: compkit plugin {plugin.name!r} ({plugin.distribution}) failed: {plugin.error}",
+                             err=True)
 
 
 def slow_import_s() -> float:
@@ -218,9 +217,9 @@ def _warn_if_slow(name: str, distribution: str, seconds: float) -> None:
     """One warning per slow plugin and process (on stderr), with the time its import cost."""
     if seconds > slow_import_s() and name not in _slow_warned:
         _slow_warned.add(name)
-        print(f"warning: compkit plugin {name!r} ({distribution}) took {seconds:.1f} s to import, which every "
-              "compkit command pays (--help too): import heavy modules such as torch inside its functions, "
-              "or leave it out with COMPKIT_LOAD_PLUGINS", file=sys.stderr)
+        console.echo(f"warning: compkit plugin {name!r} ({distribution}) took {seconds:.1f} s to import, which every "
+                     "compkit command pays (--help too): import heavy modules such as torch inside its functions, "
+                     "or leave it out with COMPKIT_LOAD_PLUGINS", err=True)
 
 
 def _allowed() -> set[str] | None:

@@ -5,7 +5,7 @@ with its checks) and goes through the competition's own test transforms for the 
 that set the size themselves (a resize, a crop) get the image as it is; transforms that do not (a
 competition whose images arrive resized from a cache, as SIIM's do) get it resized to ``image_size`` first,
 as the cache does (``compkit.cache.resize``). The folds' probabilities are merged as ``compkit submit``
-merges them (``_submit.predict``, the same Engine calls).
+merges them (``pipeline._predict.predict``, the same Engine calls).
 
 Classification and multi-label write a CSV: ``image``, one probability column per class and, for
 classification, ``label`` (the most probable class). Segmentation writes a folder of PNG masks, one per
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from compkit import _io, places
+from compkit import _io, console, places
 from compkit.competition import Competition
 from compkit.config import Config
 from compkit.datasets import ImageDataset, read_image
@@ -38,15 +38,15 @@ def predict_folder(name: str, where: Places, *, run: str | None = None, images: 
     """Predict every image file in ``images`` with ``run``'s models (default: latest, every trained fold);
     returns the CSV (or the mask folder) written. ``labels`` (image,label): also print accuracy and the
     confusion matrix. Everything that can be checked (the folder, the labels, the output) is checked first."""
-    from compkit import _submit, pipeline
+    from compkit.pipeline import _common, _predict
 
-    comp = pipeline.competition(name)
+    comp = _common.competition(name)
     runs_root = where.runs / name
     run = places.resolve_run(runs_root, run)
     run_dir = runs_root / run
     config = run_config(run_dir, comp)
     table = image_table(images)
-    folds, full = _submit.choose_models(run_dir, fold_spec)
+    folds, full = _common.choose_models(run_dir, fold_spec)
     models = [f"fold{k}" for k in folds] + (["full"] if full else [])
     truth = read_labels(labels, table, comp) if labels is not None else None
     segmentation = comp.kind.dense  # a map per image: written as PNGs
@@ -55,7 +55,7 @@ def predict_folder(name: str, where: Places, *, run: str | None = None, images: 
     check_out(out, segmentation)
     dataset = folder_dataset(comp, config, table)
     view_mode = tta or config.tta
-    probabilities = _submit.predict(
+    probabilities = _predict.predict(
         FolderImages(comp, dataset), config, images, run_dir, models, table, view_mode, device, batch_size
     )
     if segmentation:
@@ -64,7 +64,7 @@ def predict_folder(name: str, where: Places, *, run: str | None = None, images: 
         written = write_csv(out, name, run, probability_frame(comp, table, probabilities))
     if truth is not None:
         for line in report_lines(evaluate(comp, truth, table, probabilities)):
-            pipeline.echo(line)
+            console.echo(line)
     return written
 
 
@@ -158,7 +158,7 @@ def _sets_size(comp: Competition, transform: Any, config: Config) -> bool:
 
 
 class FolderImages:
-    """``comp`` whose test set is a folder's images: the dataset ``_submit.predict`` makes its loader of."""
+    """``comp`` whose test set is a folder's images: the dataset ``_predict.predict`` makes its loader of."""
 
     def __init__(self, comp: Competition, dataset: Any) -> None:
         self._comp, self._dataset = comp, dataset

@@ -7,7 +7,7 @@ registrations keep working). Unknown names list what exists.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from compkit import plugins
@@ -120,15 +120,20 @@ class Registry:
                                "adds one with the register_tasks hook, or sets a compkit.tasks.Task instance)")
         return self.tasks[name]
 
-    def model(self, name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False) -> torch.nn.Module:
-        """Build model ``family/variant`` (or ``family``) with ``num_classes`` outputs."""
+    def model(self, name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False,
+              image_size: tuple[int, int] | None = None) -> torch.nn.Module:
+        """Build model ``family/variant`` (or ``family``) with ``num_classes`` outputs. ``image_size``
+        (height, width) goes to a factory that names an ``image_size`` parameter (a detector sizes its
+        own input transform with it); others do not get it."""
         family, _, variant = name.partition("/")
         if family in self.clashes["model"]:
             raise CompkitError(self.clashes["model"][family])
         if family not in self.models:
             families = ", ".join(f"{f}/..." if f in ("timm", "unet") else f for f in sorted(self.models))
             raise CompkitError(f"unknown model family {family!r} in {name!r}; available: {families}")
-        return self.models[family](variant or None, num_classes, in_channels=in_channels, pretrained=pretrained)
+        factory = self.models[family]
+        sized = {"image_size": image_size} if image_size is not None and "image_size" in _parameters(factory) else {}
+        return factory(variant or None, num_classes, in_channels=in_channels, pretrained=pretrained, **sized)
 
     def loss(self, name: str, *, config: Any = None, competition: Competition | None = None,
              class_weights: Any = None) -> torch.nn.Module:
@@ -136,18 +141,13 @@ class Registry:
         arguments (class weights, ignore index, anchors...): it gets those it names, as pluggy hooks do.
         ``class_weights`` (config ``class_weights = balanced``: a float32 tensor, one per class, see
         ``compkit.balance``) goes to a factory that names it; one that does not is refused."""
-        import inspect
-
         if name in self.clashes["loss"]:
             raise CompkitError(self.clashes["loss"][name])
         if name not in self.losses:
             raise CompkitError(f"unknown loss {name!r}; available: {', '.join(sorted(self.losses))}")
         factory = self.losses[name]
         offered = {"config": config, "competition": competition}
-        try:
-            accepted = inspect.signature(factory).parameters
-        except (TypeError, ValueError):  # a builtin or C factory: no signature to read
-            accepted = {}
+        accepted = _parameters(factory)
         if class_weights is not None:
             if "class_weights" not in accepted:
                 raise CompkitError(f"class_weights = balanced: loss {name!r} takes no class weights (its factory "
@@ -164,6 +164,16 @@ class Registry:
             raise CompkitError(f"unknown optimizer {name!r}; available: {', '.join(sorted(self.optimizers))} "
                                "(a plugin adds one with the register_optimizers hook)")
         return self.optimizers[name]
+
+
+def _parameters(factory: Callable[..., Any]) -> Mapping[str, Any]:
+    """The parameters ``factory`` names (none readable for a builtin or C factory)."""
+    import inspect
+
+    try:
+        return inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
 
 
 @functools.cache

@@ -20,14 +20,14 @@ FAST = ["--epochs", "2", "--batch-size", "64", "--device", "cpu", "--quiet", "--
 # `compkit ARGS...`, SIGKILLed right after the checkpoint of epoch 1 of fold 2
 KILLED_IN_FOLD_2 = textwrap.dedent("""
     import os, signal, sys
-    from compkit import _train
+    from compkit.pipeline import _fit
     from compkit.cli import cli
-    notify = _train.notify
+    notify = _fit.notify
     def kill_in_fold_2(comp, fold, epoch, metrics):
         if fold == 2 and epoch == 1:
             os.kill(os.getpid(), signal.SIGKILL)
         notify(comp, fold, epoch, metrics)
-    _train.notify = kill_in_fold_2
+    _fit.notify = kill_in_fold_2
     cli(sys.argv[1:], prog_name="compkit")
 """)
 

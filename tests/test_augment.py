@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from compkit import _train, loaders, registry
+from compkit import loaders, registry
 from compkit.config import Config
 from compkit.errors import CompkitError
+from compkit.pipeline import _build
 
 
 @pytest.mark.parametrize("policy", ["randaugment", "trivialaugment", "autoaugment"])
 @pytest.mark.parametrize("shape", [(28, 28), (32, 32, 3)])
 def test_a_policy_changes_uint8_images_keeps_their_shape_and_repeats_with_the_seed(policy, shape):
     config = Config(augment=policy, augment_magnitude=15)
-    transform = _train.with_policy(None, config)
+    transform = _build.with_policy(None, config)
     image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     outputs = []
     for seed in (1, 2, 3, 4, 5, 1):
@@ -32,8 +33,8 @@ def test_the_policy_runs_before_the_competitions_train_transforms_and_only_for_t
     comp.make_demo(tmp_path, seed=0)
     table = comp.train_table(tmp_path).head(8)
     config = Config(augment="trivialaugment", image_size=28, num_workers=0, device="cpu", batch_size=4)
-    train = _train.loader(comp, table, tmp_path, "train", config).dataset.dataset
-    valid = _train.loader(comp, table, tmp_path, "valid", config).dataset.dataset
+    train = _build.loader(comp, table, tmp_path, "train", config).dataset.dataset
+    valid = _build.loader(comp, table, tmp_path, "valid", config).dataset.dataset
     assert [type(t).__name__ for t in train.transform.transforms][:1] == ["Lambda"]
     assert "Lambda" not in [type(t).__name__ for t in getattr(valid.transform, "transforms", [])]
     item = loaders.SeededDataset(train)[(0, 7)]

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from compkit import _train, averaging, engine, folds, registry
+from compkit import averaging, engine, folds, registry
 from compkit.config import Config
 from compkit.errors import CompkitError
+from compkit.pipeline import _build
 from tests._cli import fast, invoke
 from tests.test_engine import build, loaders, scripted
 
@@ -126,9 +127,9 @@ def predict_valid(base, fold_dir, checkpoint):
     comp, valid = validation_rows(base, fold_dir.parent)
     config = Config.from_dict(json.loads((fold_dir.parent / "config.json").read_text()))
     model = registry.get().model(config.model, comp.num_classes, comp.in_channels, pretrained=False)
-    trainer = _train.make_engine(comp, config, model, device="cpu", quiet=True)
+    trainer = _build.make_engine(comp, config, model, device="cpu", quiet=True)
     trainer.load(checkpoint)
-    loader = _train.loader(comp, valid, base / "d" / "digits", "valid", config)
+    loader = _build.loader(comp, valid, base / "d" / "digits", "valid", config)
     return trainer.predict(loader), valid["target"].to_numpy()
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from compkit import _train, engine, optim
+from compkit import engine, optim
 from compkit.config import Config
+from compkit.pipeline import _build
 from tests.test_engine import Samples, classifier
 
 
 def test_the_body_stays_frozen_for_freeze_epochs_then_trains(tmp_path):
     torch.manual_seed(0)
     model = classifier()
-    body = _train.body_parameters(model)
+    body = _build.body_parameters(model)
     head = optim.head_parameters(model)
     assert body and head and not {id(p) for p in body} & {id(p) for p in head}
     config = Config(lr=0.05, epochs=2, weight_decay=0.1, freeze_epochs=1)

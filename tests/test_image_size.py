@@ -12,13 +12,14 @@ import pandas as pd
 import pytest
 import torch
 
-from compkit import _train, pipeline
+from compkit import pipeline
 from compkit.cache import fingerprint, resize, resized_images
 from compkit.competition import Competition
 from compkit.config import Config, height_width, parse_sets, parse_size, resolve, size_text
 from compkit.datasets import read_image
 from compkit.errors import CompkitError
 from compkit.gpu_data import DeviceLoader
+from compkit.pipeline import _build, training
 from compkit.places import Places
 from tests._cli import FAST, invoke, places_env
 
@@ -230,7 +231,7 @@ def test_a_non_square_run_trains_on_height_width_batches(digits_run):
     config = Config.from_dict(saved)
     table = pipeline.table(comp, base / "d" / "digits", "train")
     assert tuple(comp.dataset(table, base / "d" / "digits", "train", config)[0]["image"].shape) == (1, HEIGHT, WIDTH)
-    batch = next(iter(_train.loader(comp, table.head(40), base / "d" / "digits", "train", config)))
+    batch = next(iter(_build.loader(comp, table.head(40), base / "d" / "digits", "train", config)))
     assert tuple(batch["image"].shape) == (16, 1, HEIGHT, WIDTH)  # the run's batch size
     assert torch.isfinite(batch["image"]).all()
 
@@ -267,5 +268,5 @@ def test_the_non_square_run_is_used_where_it_was_trained(digits_run):
     base, _, _ = digits_run
     where = Places(base / "d", base / "r", base / "s")
     comp = pipeline.competition("digits")
-    config = pipeline._run_config(comp, where.runs / "digits" / "wide", None, {})
+    config = training._run_config(comp, where.runs / "digits" / "wide", None, {})
     assert config.size == (HEIGHT, WIDTH)

@@ -15,9 +15,10 @@ from click.testing import CliRunner
 
 import compkit_tensorboard
 import compkit_wandb
-from compkit import _train, hookimpl, pipeline, plugins, registry
+from compkit import hookimpl, pipeline, plugins, registry
 from compkit.cli import cli
 from compkit.errors import CompkitError
+from compkit.pipeline import _fit
 from compkit.places import Places
 
 TINY = {"epochs": 2, "batch_size": 8, "device": "cpu", "num_workers": 0, "model": "timm/resnet10t",
@@ -123,9 +124,9 @@ def test_tensorboard_holds_each_epoch_of_metrics_csv(data, tmp_path):
 
 def fit(comp, fold: Path, epochs, accuracy: float) -> None:
     """The hooks of a fit of ``epochs``, without the training."""
-    with _train.FitHooks(comp, 0, fold, {}):
+    with _fit.FitHooks(comp, 0, fold, {}):
         for epoch in epochs:
-            _train.notify(comp, 0, epoch, {"epoch": epoch, "accuracy": accuracy})
+            _fit.notify(comp, 0, epoch, {"epoch": epoch, "accuracy": accuracy})
 
 
 def rounded(pairs):
@@ -252,13 +253,13 @@ def test_only_rank_0_calls_the_fit_hooks(plug, monkeypatch, tmp_path):
     comp = registry.get().competition("digits")
     fold = tmp_path / "digits" / "one" / "fold0"
     monkeypatch.setenv("RANK", "1")
-    with _train.FitHooks(comp, 0, fold, {}):
-        _train.notify(comp, 0, 1, {"epoch": 1, "accuracy": 0.5})
+    with _fit.FitHooks(comp, 0, fold, {}):
+        _fit.notify(comp, 0, 1, {"epoch": 1, "accuracy": 0.5})
     assert recorder.calls == [] and not (tmp_path / "digits").exists()
     monkeypatch.setenv("RANK", "0")
-    with _train.FitHooks(comp, 0, fold, {"lr": 0.1}) as hooks:
+    with _fit.FitHooks(comp, 0, fold, {"lr": 0.1}) as hooks:
         hooks.result = {"best_epoch": 1}
-        _train.notify(comp, 0, 1, {"epoch": 1, "accuracy": 0.5})
+        _fit.notify(comp, 0, 1, {"epoch": 1, "accuracy": 0.5})
     assert [call[0] for call in recorder.calls] == ["start", "epoch", "end"]
     assert recorder.calls[0][4] == {"lr": 0.1} and recorder.calls[2][3] == {"best_epoch": 1}
     assert scalars(tmp_path / "digits" / "one" / "tensorboard" / "fold0") == {"accuracy": [(1, 0.5)]}

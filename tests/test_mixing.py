@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compkit import _train, registry
+from compkit import registry
 from compkit.config import Config
 from compkit.errors import CompkitError
+from compkit.pipeline import _build
 
 
 def digits():
@@ -18,7 +19,7 @@ def digits():
 @pytest.mark.parametrize("keys", [{"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.4, "cutmix": 1.0}])
 def test_mixed_targets_are_probabilities_and_an_odd_batch_keeps_its_last_sample(keys):
     config = Config(epochs=5, mix_prob=1.0, mix_off_epoch=2, **keys)
-    mix = _train.mixing(digits(), config)
+    mix = _build.mixing(digits(), config)
     torch.manual_seed(0)
     images, targets = torch.rand(7, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4, 5, 6])
     mixed, soft = mix(images, targets, epoch=1)
@@ -33,9 +34,9 @@ def test_mixed_targets_are_probabilities_and_an_odd_batch_keeps_its_last_sample(
 
 
 def test_mixing_is_off_by_default_and_refused_outside_classification():
-    assert _train.mixing(digits(), Config()) is None
+    assert _build.mixing(digits(), Config()) is None
     with pytest.raises(CompkitError, match="mixup and cutmix are for classification; siim is segmentation"):
-        _train.mixing(registry.get().competition("siim"), Config(mixup=0.2))
+        _build.mixing(registry.get().competition("siim"), Config(mixup=0.2))
 
 
 def test_a_digits_fold_trains_with_mixup_and_the_loss_sees_soft_targets(tmp_path, monkeypatch):

@@ -14,11 +14,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from compkit import _submit, pipeline, postprocess, registry
 from compkit import pack as packing
+from compkit import pipeline, postprocess, registry
 from compkit.cli import cli
 from compkit.config import Config
 from compkit.errors import CompkitError
+from compkit.pipeline import submitting
 from compkit.places import Places
 from tests.fake_kaggle import FakeKaggle, point_client_at
 
@@ -54,7 +55,7 @@ def test_a_pack_holds_weights_config_wheels_requirements_and_dataset_metadata(ru
     assert (packed_run / "config.json").read_bytes() == (source / "config.json").read_bytes()
     assert json.loads((packed_run / "fold0" / "fold.json").read_text()) == json.loads((source / "fold0" / "fold.json").read_text())
     recorded = json.loads((packed_run / "packed.json").read_text())
-    cv = _submit.cross_validation(registry.get().competition("digits"), source, [0])
+    cv = submitting.cross_validation(registry.get().competition("digits"), source, [0])
     assert recorded["folds"] == [0] and recorded["cv_score"] == pytest.approx(cv["score"])
 
     info = json.loads((out / "pack.json").read_text())
@@ -93,12 +94,12 @@ def test_packed_weights_load_through_engine_load_as_the_run_s(run, tmp_path):
 
 
 def engine_for(where):
-    from compkit import _train
+    from compkit.pipeline import _build
 
     comp = registry.get().competition("digits")
     config = Config.from_dict(json.loads((where.runs / "digits" / "r1" / "config.json").read_text()))
     model = registry.get().model(config.model, comp.num_classes, comp.in_channels, pretrained=False)
-    return _train.make_engine(comp, config, model, device="cpu")
+    return _build.make_engine(comp, config, model, device="cpu")
 
 
 def test_half_stores_float16_weights_that_predict_like_the_full_ones(run, tmp_path):
@@ -185,13 +186,13 @@ def test_a_segmentation_pack_carries_the_post_processing_submit_chooses(tmp_path
     where = Places(tmp_path / "data", tmp_path / "runs", tmp_path / "submissions")
     out = packing.pack("siim", where, run="s1", fold_spec="0", out=tmp_path / "pack")
     chosen = json.loads((out / "siim" / "s1" / "postprocess.json").read_text())
-    cv = _submit.cross_validation(comp, run_dir, [0])
+    cv = submitting.cross_validation(comp, run_dir, [0])
     (saved,) = cv["oof"]
     expected = postprocess.search(saved.probabilities(), np.asarray(saved.targets), triple=True)
     assert chosen == json.loads(json.dumps(expected))
-    packed_cv = _submit.packed_cv(json.loads((out / "siim" / "s1" / "packed.json").read_text()), [0])
+    packed_cv = submitting.packed_cv(json.loads((out / "siim" / "s1" / "packed.json").read_text()), [0])
     assert "targets" not in packed_cv
-    assert _submit._postprocess(comp, config, out / "siim" / "s1", packed_cv) == chosen
+    assert submitting._postprocess(comp, config, out / "siim" / "s1", packed_cv) == chosen
 
 
 REF = "fake-user/compkit-digits-r1"

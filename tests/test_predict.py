@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from compkit import _submit, predict_folder, registry, tasks
+from compkit import predict_folder, registry, tasks
 from compkit.config import Config
+from compkit.pipeline import _predict
 from tests._cli import FAST, invoke, places_env
 
 IMAGES = 40
@@ -74,7 +75,7 @@ def test_a_folder_is_predicted_as_submit_predicts_those_images(trained):
     run_dir = base / "r" / "digits" / "r"
     config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
     test_table = comp.test_table(base / "d" / "digits").head(IMAGES)
-    direct = _submit.predict(
+    direct = _predict.predict(
         comp, config, base / "d" / "digits", run_dir, ["fold0", "fold1"], test_table, "none", "cpu", None
     )
     np.testing.assert_allclose(frame[classes].to_numpy(), direct, atol=1e-6)

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from compkit import _pseudo, _train, oof, registry
+from compkit import oof, registry
 from compkit.config import Config
 from compkit.errors import CompkitError
+from compkit.pipeline import _build, _pseudo
 from tests._cli import FAST, invoke
 
 TRAIN_ROWS, TEST_ROWS = 300, 80
@@ -38,7 +39,7 @@ def work(tmp_path_factory):
 def spy_training(monkeypatch):
     """Record the loaders fit_fold builds (by stage) and every target the loss gets."""
     seen = {"loaders": {}, "targets": []}
-    real_loader, real_engine = _train.loader, _train.make_engine
+    real_loader, real_engine = _build.loader, _build.make_engine
 
     def loader(comp, table, root, stage, config, **options):
         made = real_loader(comp, table, root, stage, config, **options)
@@ -52,8 +53,8 @@ def spy_training(monkeypatch):
 
         return real_engine(comp, config, model, recording if loss is not None else None, *args, **kwargs)
 
-    monkeypatch.setattr(_train, "loader", loader)
-    monkeypatch.setattr(_train, "make_engine", make_engine)
+    monkeypatch.setattr(_build, "loader", loader)
+    monkeypatch.setattr(_build, "make_engine", make_engine)
     return seen
 
 

@@ -11,9 +11,10 @@ from typing import Literal
 import pandas as pd
 import pytest
 
-from compkit import Config, _train, hookimpl, pipeline, registry
+from compkit import Config, hookimpl, pipeline, registry
 from compkit.config import keys, own_keys, parse_sets, read_toml, resolve
 from compkit.errors import CompkitError
+from compkit.pipeline import _build, training
 from compkit_digits import Digits
 from tests._cli import fast, invoke, places_env
 
@@ -186,10 +187,10 @@ def test_set_reaches_the_transforms_and_config_json_and_resume_keeps_it(env):
     assert (saved["crop_height"], saved["stretch"], saved["colour"]) == (16, 3.0, "grey")
 
     comp = pipeline.competition(NAME)
-    config = pipeline._run_config(comp, Path(env["BASE"]) / "r" / NAME / "r1", None, {})
+    config = training._run_config(comp, Path(env["BASE"]) / "r" / NAME / "r1", None, {})
     assert type(config) is ToyConfig and config.crop_height == 16
     root = Path(env["BASE"]) / "d" / NAME
-    batch = next(iter(_train.loader(comp, pipeline.table(comp, root, "train").head(32), root, "train", config)))
+    batch = next(iter(_build.loader(comp, pipeline.table(comp, root, "train").head(32), root, "train", config)))
     assert tuple(batch["image"].shape[-2:]) == (16, 28)  # the images the model sees follow the key
 
     # --resume with more epochs reads the run's config.json: the plugin key stays, without giving it again

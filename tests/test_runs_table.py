@@ -132,7 +132,8 @@ def test_table_has_one_row_per_run_sorted_by_date_with_folds_cv_full_and_submiss
 
 
 def test_cv_pools_the_finished_folds_and_agrees_with_submit(work):
-    from compkit import _submit, registry
+    from compkit import registry
+    from compkit.pipeline import submitting
 
     path, env, folds = work
     result = invoke(env, "runs", "digits", "--json")
@@ -144,7 +145,7 @@ def test_cv_pools_the_finished_folds_and_agrees_with_submit(work):
     mean = (folds[0]["score"] + folds[1]["score"]) / 2
     assert row["cv"] != pytest.approx(mean)  # pooled over the rows, not a mean of the folds
     comp = registry.get().competition("digits")
-    assert row["cv"] == _submit.cross_validation(comp, path / "r" / "digits" / STAMPED, [0, 1])["score"]
+    assert row["cv"] == submitting.cross_validation(comp, path / "r" / "digits" / STAMPED, [0, 1])["score"]
 
 
 def test_json_has_the_rows_of_the_table(work):

@@ -12,11 +12,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from compkit import _train, balance, registry
+from compkit import balance, registry
 from compkit.cli import cli
 from compkit.config import Config
 from compkit.errors import CompkitError
 from compkit.loaders import EpochSampler, make_loader
+from compkit.pipeline import _build
 from tests._cli import fast
 
 FAST = fast(batch_size=32)
@@ -136,7 +137,7 @@ def test_class_balance_through_train_weights_the_loss_samples_and_is_recorded(tm
     table.to_csv(root / "train.csv", index=False)
     assert CliRunner().invoke(cli, ["folds", "digits", "--n-folds", "3"], env=env).exit_code == 0
     seen = {}
-    real_loader, real_engine = _train.loader, _train.make_engine
+    real_loader, real_engine = _build.loader, _build.make_engine
 
     def loader(comp, rows, root, stage, config, **options):
         made = real_loader(comp, rows, root, stage, config, **options)
@@ -147,8 +148,8 @@ def test_class_balance_through_train_weights_the_loss_samples_and_is_recorded(tm
         seen.setdefault("loss", loss)
         return real_engine(comp, config, model, loss, *args, **kwargs)
 
-    monkeypatch.setattr(_train, "loader", loader)
-    monkeypatch.setattr(_train, "make_engine", make_engine)
+    monkeypatch.setattr(_build, "loader", loader)
+    monkeypatch.setattr(_build, "make_engine", make_engine)
     result = CliRunner().invoke(cli, ["train", "digits", "--fold", "0", "--run-name", "b", "--set",
                                       "class_weights=balanced", "--set", "sampler=balanced", *FAST], env=env,
                                 catch_exceptions=False)

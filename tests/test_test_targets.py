@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from compkit import _submit, pipeline, registry
+from compkit import pipeline, registry
 from compkit.competition import Competition
 from compkit.config import Config
 from compkit.errors import CompkitError
+from compkit.pipeline import _predict, submitting
 from tests._cli import FAST, invoke, places_env
 
 
@@ -42,7 +43,7 @@ def test_submit_scores_a_labelled_test_set_as_the_competition_does(trained, monk
 
     run_dir = tmp_path / "r" / "digits" / "r1"
     config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
-    probabilities = _submit.predict(comp, config, root, run_dir, ["fold0"], test_table, config.tta, "cpu", 50)
+    probabilities = _predict.predict(comp, config, root, run_dir, ["fold0"], test_table, config.tta, "cpu", 50)
     expected = comp.score(targets, probabilities)
     sidecar = _sidecar(tmp_path, result.output)
     assert sidecar["test_score"] == pytest.approx(expected, abs=1e-9)
@@ -65,7 +66,7 @@ def test_targets_of_the_wrong_length_are_refused(trained, monkeypatch):
     comp = registry.get().competition("digits")
     monkeypatch.setattr(comp, "test_targets", lambda root: np.zeros(3, np.int64))
     with pytest.raises(CompkitError, match="test_targets has 3 rows"):
-        _submit.HeldOutScore.for_test(comp, tmp_path, pipeline.table(comp, tmp_path / "d" / "digits", "test"))
+        submitting.HeldOutScore.for_test(comp, tmp_path, pipeline.table(comp, tmp_path / "d" / "digits", "test"))
 
 
 class Masks(Competition):
@@ -76,7 +77,7 @@ def test_maps_are_scored_image_by_image_without_keeping_them():
     rng = np.random.default_rng(1)
     targets = (rng.random((7, 8, 8)) > 0.6).astype(np.float32)
     probabilities = rng.random((7, 8, 8)).astype(np.float32)
-    held_out = _submit.HeldOutScore(Masks(), targets)
+    held_out = submitting.HeldOutScore(Masks(), targets)
     held_out.add(probabilities[:4], 0)
     held_out.add(probabilities[4:], 4)
     assert all(part.ndim == 1 for part in held_out.parts)  # one score per image, no maps kept
@@ -93,10 +94,10 @@ class Offline(Competition):
 
 def test_upload_without_a_competition_says_there_is_none_and_names_the_dataset(tmp_path):
     with pytest.raises(CompkitError, match="no competition to submit to") as error:
-        pipeline._check_upload(Dataset(), tmp_path)
+        submitting._check_upload(Dataset(), tmp_path)
     assert "Kaggle dataset someone/chest-xrays" in str(error.value)
     with pytest.raises(CompkitError, match="offline is not a Kaggle competition; there is nowhere to upload"):
-        pipeline._check_upload(Offline(), tmp_path)
+        submitting._check_upload(Offline(), tmp_path)
 
 
 def test_the_defaults_have_no_test_targets_and_no_report(tmp_path):

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import tomllib
 
-from compkit import _submit, pipeline
+from compkit import console
 from compkit.errors import CompkitError
+from compkit.pipeline import submitting
 from compkit.testing import CompetitionContract, demo_fixtures, end_to_end
 
 NAME = "covid-cxr"
@@ -114,7 +115,7 @@ def test_download_fetches_the_dataset_through_the_client_and_draws_the_split(com
 def test_upload_says_there_is_no_competition_and_names_the_dataset(competition, root):
     with pytest.raises(CompkitError, match="Kaggle dataset tawsifurrahman/covid19-radiography-database, and a "
                                            "dataset has no competition to submit to"):
-        pipeline._check_upload(competition, root)
+        submitting._check_upload(competition, root)
 
 
 def test_report_is_the_accuracy_and_the_confusion_matrix(competition):
@@ -138,7 +139,7 @@ def test_demo_run_beats_the_majority_class_and_scores_the_held_out_split(tmp_pat
     from compkit_covid_cxr import CovidCxr
 
     printed = []
-    for module in (pipeline, _submit):
+    for module in (console,):
         real = module.echo
         monkeypatch.setattr(module, "echo", lambda message, real=real: (printed.append(message), real(message)))
     demo = tomllib.loads(CovidCxr().recipes()["demo"].read_text())

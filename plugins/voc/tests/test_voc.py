@@ -338,11 +338,11 @@ def test_download_fetches_the_checked_tarball_from_the_organisers(competition, t
 
 @pytest.mark.slow
 def test_demo_run_beats_all_background_and_writes_palette_pngs(tmp_path, monkeypatch):
-    from compkit import _submit, pipeline
+    from compkit import console
     from compkit_voc.layout import PALETTE, read_label
 
     printed = []
-    for module in (pipeline, _submit):
+    for module in (console,):
         real = module.echo
         monkeypatch.setattr(module, "echo", lambda message, real=real: (printed.append(message), real(message)))
     comp = registry.get().competition(NAME)

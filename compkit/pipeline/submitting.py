@@ -1,4 +1,5 @@
-"""Predict a test set with a run's folds, average, post-process, write and check the submission."""
+"""``compkit submit``: predict the test set with a run's folds, average, post-process, write and check the
+submission (a CSV, or a competition's own files), and upload it to Kaggle."""
 
 from __future__ import annotations
 
@@ -11,16 +12,61 @@ from typing import Any
 
 import numpy as np
 
-from compkit import _distributed, _io, _train, oof, postprocess, registry, submission, tta
+from compkit import _io, console, oof, places, registry, submission
 from compkit.competition import Competition
 from compkit.config import Config
 from compkit.errors import CompkitError
-from compkit.pipeline import echo, table
+from compkit.pipeline import _common, _predict
+from compkit.places import Places
 from compkit.runs import cross_validation, run_config
 
 SEARCH_LIMIT = 1000
 CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}  # submit --checkpoint
 PACKED = "packed.json"  # in a run folder compkit pack wrote: the CV recorded when packing
+
+
+def submit(name: str, where: Places, *, run: str | None = None, fold_spec: str = "all",
+           tta: str | None = None, upload: bool = False, message: str | None = None,
+           device: str | None = None, batch_size: int | None = None, allow_unfinished: bool = False,
+           checkpoint: str = "best", mask_threshold: float | None = None) -> Path:
+    """Predict the test set with each chosen fold's best checkpoint (or ``checkpoint="last"``), average,
+    write and check. ``mask_threshold`` replaces the run's (segmentation; 0 searches it on OOF).
+
+    With ``upload``, what can refuse the upload (demo data, no credentials) is checked first.
+    """
+    comp = _common.competition(name)
+    root = _common.data_root(comp, where)
+    if upload:
+        _check_upload(comp, root)
+    runs_root = where.runs / name
+    run = places.resolve_run(runs_root, run)
+    path = make_submission(comp, root, runs_root / run, where.submission_dir(name), fold_spec=fold_spec, tta=tta,
+                           device=device, batch_size=batch_size, allow_unfinished=allow_unfinished,
+                           checkpoint=checkpoint, mask_threshold=mask_threshold)
+    if upload:
+        from compkit import kaggle
+
+        console.echo(f"uploading {path} to {comp.kaggle}")
+        result = kaggle.submit(comp.kaggle, path, message or f"compkit {name} run {run}")
+        console.echo(f"uploaded {path.name}: {result.get('message', '')} {result.get('ref', '')}".strip())
+        sidecar = path.with_suffix(".json")
+        _io.write_text(sidecar, json.dumps({**json.loads(sidecar.read_text()), "upload": result}, indent=2,
+                                           default=str) + "\n")
+    return path
+
+
+def _check_upload(comp: Competition, root: Path) -> None:
+    if not comp.kaggle:
+        source = (f": its data is the Kaggle dataset {comp.kaggle_dataset}, and a dataset has no competition to "
+                  "submit to" if comp.kaggle_dataset else "")
+        raise CompkitError(f"{comp.name} is not a Kaggle competition{source}; there is nowhere to upload "
+                           "(submit without --upload: the file and its sidecar stay in the submissions folder)")
+    if (root / ".demo").exists():
+        raise CompkitError(f"{root} holds demo data: a submission made from it cannot score on Kaggle; download "
+                           f"the real data with compkit download {comp.name} --force, or submit without --upload")
+    from compkit import kaggle
+
+    kaggle.check_credentials()
 
 
 def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path, *, fold_spec: str = "all",
@@ -40,10 +86,10 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
         config = config.replace(mask_threshold=mask_threshold)
     if checkpoint not in CHECKPOINTS:
         raise CompkitError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, not {checkpoint!r}")
-    folds, full = choose_models(run_dir, fold_spec)
-    trained = fold_records(run_dir, folds, allow_unfinished)
+    folds, full = _common.choose_models(run_dir, fold_spec)
+    trained = _common.fold_records(run_dir, folds, allow_unfinished)
     if full:
-        trained |= {"full": _full_record(run_dir, allow_unfinished)}
+        trained |= {"full": _common.full_record(run_dir, allow_unfinished)}
     view_mode = tta or config.tta
     models = [f"fold{k}" for k in folds] + (["full"] if full else [])
     missing = [name for name in models if not (run_dir / name / CHECKPOINTS[checkpoint]).is_file()]
@@ -55,22 +101,22 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
     if folds and (run_dir / PACKED).is_file():  # a pack (compkit pack): no out-of-fold predictions in it
         cv = packed_cv(json.loads((run_dir / PACKED).read_text()), folds)
         score = "unknown for a subset of the packed folds" if cv["score"] is None else f"{cv['score']:.5f}"
-        echo(f"CV {comp.metric} recorded when packed: {score} over folds {', '.join(map(str, folds))}\n"
-             + fold_table(cv["folds"], trained))
+        console.echo(f"CV {comp.metric} recorded when packed: {score} over folds {', '.join(map(str, folds))}\n"
+                     + _common.fold_table(cv["folds"], trained))
     elif folds:
         cv = cross_validation(comp, run_dir, folds)
-        echo(f"CV {comp.metric}: {cv['score']:.5f} over folds {', '.join(map(str, folds))}\n"
-             + fold_table(cv["folds"], trained))
+        console.echo(f"CV {comp.metric}: {cv['score']:.5f} over folds {', '.join(map(str, folds))}\n"
+                     + _common.fold_table(cv["folds"], trained))
     else:
-        echo("no CV: the full fit has no validation rows (add folds to see one: --folds all,full)")
+        console.echo("no CV: the full fit has no validation rows (add folds to see one: --folds all,full)")
     params = None
     if comp.kind.searches_postprocess and not comp.output_files:
         params = _postprocess(comp, config, run_dir, cv)
     cv.pop("oof", None)  # the out-of-fold maps are not needed while the test set is predicted
-    test_table = table(comp, root, "test")
+    test_table = _common.table(comp, root, "test")
     held_out = HeldOutScore.for_test(comp, root, test_table)
     if checkpoint == "last":
-        echo("predicting with each model's last.pt (the last epoch trained); the CV above is best.pt's")
+        console.echo("predicting with each model's last.pt (the last epoch trained); the CV above is best.pt's")
     arguments = (comp, config, root, run_dir, models, test_table, view_mode, device, batch_size)
     if comp.output_files:
         predictions = decided_rows(*arguments, checkpoint=CHECKPOINTS[checkpoint], held_out=held_out)
@@ -94,7 +140,8 @@ def make_submission(comp: Competition, root: Path, run_dir: Path, out_dir: Path,
             return _write_folder(comp, test_table, predictions, sidecar_path, sidecar)
         _io.write_text(sidecar_path, json.dumps(sidecar, indent=2, default=str) + "\n")
         path = sidecar_path.with_suffix(".csv")
-        submission.write(frame, path, comp.read_sample(root), comp.labels())  # checked, then written atomically
+        # checked, then written atomically
+        submission.write(frame, path, comp.read_sample(root), comp.labels(), comp.blank_columns)
     return path
 
 
@@ -113,7 +160,7 @@ def _write_folder(comp: Competition, test_table: Any, predictions: list[np.ndarr
             raise CompkitError(f"{comp.name}.write_files returned files it did not write: {', '.join(outside[:3])}")
         _io.write_text(sidecar_path, json.dumps({**sidecar, "files": names}, indent=2, default=str) + "\n")
         staging.rename(folder)
-    echo(f"wrote {len(names)} file(s) into {folder}")
+    console.echo(f"wrote {len(names)} file(s) into {folder}")
     return folder
 
 
@@ -123,8 +170,8 @@ def decided_rows(comp: Competition, config: Config, root: Path, run_dir: Path, m
     """Per test row, what a file output receives (``Task.decided``): kept one array per image, so images
     of different sizes need no common shape."""
     rows, start = [], 0
-    for probabilities in predict_batches(comp, config, root, run_dir, models, test_table, view_mode, device,
-                                         batch_size, checkpoint):
+    for probabilities in _predict.predict_batches(comp, config, root, run_dir, models, test_table, view_mode,
+                                                  device, batch_size, checkpoint):
         if held_out is not None:
             held_out.add(probabilities, start)
         rows.extend(comp.kind.decided(probability) for probability in probabilities)
@@ -134,45 +181,26 @@ def decided_rows(comp: Competition, config: Config, root: Path, run_dir: Path, m
     return rows
 
 
-def choose_models(run_dir: Path, spec: str) -> tuple[list[int], bool]:
-    """The folds and whether the full fit are in ``spec`` ("all", "0,2", "full", "all,full")."""
-    parts = [part.strip() for part in spec.split(",") if part.strip()]
-    full = "full" in parts
-    rest = ",".join(part for part in parts if part != "full")
-    if full and not (run_dir / "full" / "best.pt").is_file():
-        raise CompkitError(f"run {run_dir.name} has no full fit (full/best.pt): make it with compkit train NAME "
-                           f"--full --run-name {run_dir.name}")
-    return (choose_folds(run_dir, rest) if rest or not full else []), full
-
-
-def _full_record(run_dir: Path, allow_unfinished: bool) -> dict[str, Any] | None:
-    path = run_dir / "full" / "fold.json"
-    if not path.is_file() and not allow_unfinished:
-        raise CompkitError(f"the full fit of run {run_dir.name} did not finish training: resume it with compkit train "
-                           f"NAME --full --resume --run-name {run_dir.name}, or use it as it is with --allow-unfinished")
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _postprocess(comp: Competition, config: Config, run_dir: Path, cv: dict[str, Any]) -> dict[str, Any]:
     """Post-processing chosen on the out-of-fold predictions (saved as postprocess.json), or the saved choice
     when no fold is submitted."""
     saved = run_dir / "postprocess.json"
-    if config.mask_threshold:  # fixed by the recipe: no search
-        params = {"threshold": config.mask_threshold, "min_area": 0}
-        echo(f"post-processing fixed by the config (mask_threshold): {params}")
+    params = comp.kind.fixed_postprocess(config)
+    if params is not None:  # fixed by the recipe: no search
+        console.echo(f"post-processing fixed by the config: {params}")
         return params
     if "oof" not in cv:
         if not saved.is_file():
             raise CompkitError("the full fit alone has no out-of-fold predictions to choose the post-processing on: "
                                "submit with folds (--folds all,full) once, which saves it")
         params = json.loads(saved.read_text())
-        echo(f"post-processing from {saved}: {params}")
+        console.echo(f"post-processing from {saved}: {params}")
         return params
     parts = cv["oof"]
     chosen = search_sample(sum(map(len, parts)), config.seed)
-    params = postprocess.search_chunks(sampled_chunks(parts, chosen), triple=getattr(comp.kind, "triple_threshold", False))
+    params = comp.kind.search_postprocess(comp, sampled_chunks(parts, chosen))
     _io.write_text(saved, json.dumps(params, indent=2) + "\n")
-    echo(f"post-processing chosen on out-of-fold predictions: {params}")
+    console.echo(f"post-processing chosen on out-of-fold predictions: {params}")
     return params
 
 
@@ -192,53 +220,6 @@ def packed_cv(packed: dict[str, Any], folds: list[int]) -> dict[str, Any]:
     scores = {int(k): score for k, score in packed["fold_scores"].items()}
     return {"score": packed["cv_score"] if sorted(folds) == sorted(packed["folds"]) else None,
             "folds": {k: scores[k] for k in folds}}
-
-
-def choose_folds(run_dir: Path, spec: str) -> list[int]:
-    """The folds of ``spec`` ("all" or "0,2,3") that have a best checkpoint."""
-    trained = sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/best.pt"))
-    if not trained:
-        raise CompkitError(f"run {run_dir} has no trained fold (no fold*/best.pt); train one first")
-    if spec == "all":
-        return trained
-    try:
-        wanted = [int(part) for part in spec.split(",") if part.strip()]
-    except ValueError:
-        raise CompkitError(f"--folds expects 'all' or comma-separated numbers, got {spec!r}") from None
-    missing = [k for k in wanted if k not in trained]
-    if missing:
-        raise CompkitError(f"fold(s) {missing} of run {run_dir.name} have no best.pt; trained folds: {trained}")
-    return wanted
-
-
-def fold_records(run_dir: Path, folds: list[int], allow_unfinished: bool) -> dict[int, dict[str, Any] | None]:
-    """Each fold's training record (``fold.json``: epochs, best epoch and score), None if it never ended."""
-    from compkit.pipeline import DONE
-
-    records = {}
-    for k in folds:
-        path = run_dir / f"fold{k}" / DONE
-        records[k] = json.loads(path.read_text()) if path.is_file() else None
-    unfinished = [k for k, record in records.items() if record is None]
-    if unfinished and not allow_unfinished:
-        raise CompkitError(
-            f"fold(s) {unfinished} of run {run_dir.name} did not finish training (interrupted, or still running): "
-            f"resume them with compkit train NAME --fold K --resume --run-name {run_dir.name}, leave them out with "
-            "--folds, or use them as they are with --allow-unfinished"
-        )
-    return records
-
-
-def fold_table(scores: dict[int, float], records: dict[int, dict[str, Any] | None]) -> str:
-    """One line per fold: its out-of-fold score, the epoch it comes from and the epochs trained."""
-    lines = []
-    for k, score in scores.items():
-        record = records.get(k)
-        trained = ("unfinished" if record is None else
-                   f"best epoch {record['best_epoch']} of {record['epochs_run']}/{record['epochs']}"
-                   + (", stopped early" if record.get("stopped_early") else ""))
-        lines.append(f"  fold {k}: {score:.5f}  ({trained})")
-    return "\n".join(lines)
 
 
 def search_sample(count: int, seed: int, limit: int = SEARCH_LIMIT) -> np.ndarray:
@@ -263,10 +244,10 @@ def submission_rows(comp: Competition, config: Config, root: Path, run_dir: Path
     import pandas as pd
 
     frames, start = [], 0
-    for probabilities in predict_batches(comp, config, root, run_dir, models, test_table, view_mode, device,
-                                         batch_size, checkpoint):
+    for probabilities in _predict.predict_batches(comp, config, root, run_dir, models, test_table, view_mode,
+                                                  device, batch_size, checkpoint):
         rows = test_table.iloc[start:start + len(probabilities)].reset_index(drop=True)
-        predictions = postprocess.apply(probabilities, params) if params else probabilities
+        predictions = comp.kind.postprocess(probabilities, params)
         if held_out is not None:
             held_out.add(probabilities, start)
         frames.append(comp.submission(rows, predictions))
@@ -312,44 +293,10 @@ class HeldOutScore:
         from compkit.metrics import confusion_table
 
         score = self.score()
-        echo(f"test {self.comp.metric} {score:.5f} on the held-out split ({len(self.targets)} samples)")
+        console.echo(f"test {self.comp.metric} {score:.5f} on the held-out split ({len(self.targets)} samples)")
         if self.comp.kind.one_label and self.targets.ndim == 1:
-            echo(confusion_table(self.targets, np.concatenate(self.parts), self.comp.classes))
+            console.echo(confusion_table(self.targets, np.concatenate(self.parts), self.comp.classes))
         return score
-
-
-def predict_batches(comp: Competition, config: Config, root: Path, run_dir: Path, models: list[str],
-                    test_table: Any, view_mode: str, device: str | None,
-                    batch_size: int | None, checkpoint: str = "best.pt") -> Iterator[np.ndarray]:
-    """Per test batch, in order, the mean over ``models`` (fold0, ..., full) of each one's TTA-merged
-    probabilities, (B, C) or (B, H, W): the test set is read once and every model predicts each batch."""
-    if _distributed.world_size() > 1:
-        raise CompkitError("submit predicts in one process; run it without torchrun")
-    loader = _train.loader(comp, test_table, root, "test", config, batch_size=batch_size, device=device)
-    views = tta.views(view_mode)
-    engines = []
-    for name in models:
-        model = registry.get().model(config.model, comp.num_classes, comp.in_channels, pretrained=False)
-        engine = _train.make_engine(comp, config, model, device=device)
-        engine.load(run_dir / name / checkpoint)
-        engines.append(engine)
-    names = ", ".join(name.replace("fold", "fold ") for name in models)
-    with engines[0]._progress(loader, f"predict ({len(models)} model{'s' * (len(models) > 1)})") as progress:
-        for batch in progress:
-            total = None
-            for engine in engines:
-                probabilities = engine.predict_batch(batch["image"], views)
-                total = probabilities if total is None else total + probabilities
-            yield (total / len(engines)).cpu().numpy()
-    echo(f"predicted {len(test_table)} test samples with {names} (tta {view_mode})")
-
-
-def predict(comp: Competition, config: Config, root: Path, run_dir: Path, models: list[str], test_table: Any,
-            view_mode: str, device: str | None, batch_size: int | None, checkpoint: str = "best.pt") -> np.ndarray:
-    """The mean over ``models`` (fold0, ..., full) of each one's TTA-merged probabilities: (N, C) or (N, H, W)."""
-    batches = list(predict_batches(comp, config, root, run_dir, models, test_table, view_mode, device, batch_size,
-                                   checkpoint))
-    return np.concatenate(batches) if batches else np.zeros((0,), dtype=np.float32)
 
 
 def code_version(comp: Competition) -> dict[str, str]:

@@ -32,24 +32,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from compkit import _distributed, _io, oof, places
+from compkit import _distributed, _io, console, oof, places
 from compkit.competition import Competition
 from compkit.config import Config
 from compkit.errors import CompkitError
+from compkit.pipeline import _common, _predict
 
 PREDICTIONS = "test_predictions.npz"  # in the pseudo-labelling run's folder: its folds' test probabilities
-DONE = "fold.json"  # as compkit.pipeline.DONE: written when a fold's training ends
 CHECKED_ROWS = 8  # test rows read both ways to check that the test table serves as training rows
-
-
-def echo(message: str) -> None:
-    if _distributed.is_main():
-        print(message, flush=True)
 
 
 def prepare(comp: Competition, config: Config, runs_root: Path, root: Path, table: pd.DataFrame,
             train_rows: np.ndarray, *, run: str, device: str | None = None) -> dict[str, Any]:
-    """``_train.fit_fold``'s ``oof_targets`` and ``pseudo_rows`` for the config's ``soft_targets`` and
+    """``_fit.fit_fold``'s ``oof_targets`` and ``pseudo_rows`` for the config's ``soft_targets`` and
     ``pseudo`` (None when off), checked now: before the run folder is made. ``train_rows``: the rows of
     ``table`` this fold trains on."""
     extra: dict[str, Any] = {"oof_targets": None, "pseudo_rows": None}
@@ -57,13 +52,13 @@ def prepare(comp: Competition, config: Config, runs_root: Path, root: Path, tabl
     for key, used_by in (("soft_weight", "soft_targets"), ("pseudo_threshold", "pseudo")):
         if getattr(config, key) != getattr(default, key) and not getattr(config, used_by):
             flag = "--" + used_by.replace("_", "-")
-            echo(f"note: {key} = {getattr(config, key):g} has no effect without {used_by} ({flag} RUN)")
+            console.note(f"{key} = {getattr(config, key):g} has no effect without {used_by} ({flag} RUN)")
     if config.soft_targets:
         source = source_run(runs_root, config.soft_targets, "soft_targets", run)
         extra["oof_targets"] = oof_targets(comp, source, table, train_rows)
-        echo(f"soft targets: {config.soft_weight:g} x run {source.name}'s out-of-fold probabilities + "
-             f"{1 - config.soft_weight:g} x the label, for {int(train_rows.sum())} training rows "
-             "(validation keeps its labels)")
+        console.echo(f"soft targets: {config.soft_weight:g} x run {source.name}'s out-of-fold probabilities + "
+                     f"{1 - config.soft_weight:g} x the label, for {int(train_rows.sum())} training rows "
+                     "(validation keeps its labels)")
     if config.pseudo:
         source = source_run(runs_root, config.pseudo, "pseudo", run)
         extra["pseudo_rows"] = pseudo_rows(comp, config, source, root, table, device=device or config.device,
@@ -102,7 +97,7 @@ def oof_targets(comp: Competition, source: Path, table: pd.DataFrame, train_rows
         number = path.parent.name[4:]
         if not number.isdigit():
             continue
-        if not (path.parent / DONE).is_file():
+        if not (path.parent / _common.DONE).is_file():
             unfinished.append(int(number))  # still training, or interrupted: its oof.npz is not final
             continue
         parts[int(number)] = oof.load(path)
@@ -225,11 +220,9 @@ def pseudo_rows(comp: Competition, config: Config, source: Path, root: Path, tra
     rows: the test table's columns plus ``target`` (the predicted class index; also one-hot class
     columns when the train table has a column per class). Prints how many of each class, and with
     ``validated`` (a fold, not a full fit) a note on the validation score."""
-    from compkit.pipeline import table
-
     if not comp.kind.one_label:
         raise CompkitError(f"pseudo: hard pseudo-labels are for classification; {comp.name} is {comp.kind.name}")
-    test = table(comp, root, "test").reset_index(drop=True)
+    test = _common.table(comp, root, "test").reset_index(drop=True)
     probabilities = test_probabilities(comp, source, root, test, device)
     top, predicted = probabilities.max(axis=1), probabilities.argmax(axis=1)
     keep = top >= config.pseudo_threshold
@@ -245,9 +238,9 @@ def pseudo_rows(comp: Competition, config: Config, source: Path, root: Path, tra
     per_class = ", ".join(f"{names[c] if c < len(names) else c}: {int(n)}" for c, n in enumerate(counts))
     note = (f"\nnote: they were predicted by {source.name}'s folds, which trained on this fold's validation "
             "rows: its score may be a little optimistic")
-    echo(f"pseudo-labels: {len(rows)} of {len(test)} test rows of run {source.name} at top probability >= "
-         f"{config.pseudo_threshold:g} added to the training rows ({per_class})"
-         + (note if validated else ""))
+    console.echo(f"pseudo-labels: {len(rows)} of {len(test)} test rows of run {source.name} at top probability >= "
+                 f"{config.pseudo_threshold:g} added to the training rows ({per_class})"
+                 + (note if validated else ""))
     return rows
 
 
@@ -281,7 +274,7 @@ def test_probabilities(comp: Competition, source: Path, root: Path, test: pd.Dat
                        device: str) -> np.ndarray:
     """float32 (N, C): the mean of RUN's finished folds' TTA probabilities on ``test``, from
     ``RUN/test_predictions.npz`` when it was made from the same checkpoints, TTA and test ids."""
-    from compkit import _submit, runs
+    from compkit import runs
 
     run_config = runs.run_config(source, comp)
     trained = sorted(int(path.parent.name[4:]) for path in source.glob("fold*/best.pt")
@@ -289,7 +282,7 @@ def test_probabilities(comp: Competition, source: Path, root: Path, test: pd.Dat
     if not trained:
         raise CompkitError(f"pseudo = {source.name}: the run has no trained fold (fold*/best.pt) to predict "
                            "with")
-    unfinished = [k for k in trained if not (source / f"fold{k}" / DONE).is_file()]
+    unfinished = [k for k in trained if not (source / f"fold{k}" / _common.DONE).is_file()]
     if unfinished:
         raise CompkitError(f"pseudo = {source.name}: fold(s) {', '.join(map(str, unfinished))} did not "
                            f"finish training: resume them (compkit train {comp.name} --fold {unfinished[0]} "
@@ -299,22 +292,22 @@ def test_probabilities(comp: Competition, source: Path, root: Path, test: pd.Dat
     path = source / PREDICTIONS
     cached = _read_cache(path, key, (len(test), comp.num_classes))
     if cached is not None:
-        echo(f"pseudo-labels: test predictions of {source.name}'s fold(s) {', '.join(map(str, trained))} "
-             f"from {path}")
+        console.echo(f"pseudo-labels: test predictions of {source.name}'s fold(s) {', '.join(map(str, trained))} "
+                     f"from {path}")
         return cached
     if _distributed.world_size() > 1:
         raise CompkitError(f"pseudo = {source.name}: its test predictions are made in one process and {path} "
                            f"does not hold them yet: run compkit train {comp.name} --fold 0 --pseudo "
                            f"{source.name} --dry-run once without torchrun (it writes them), then torchrun")
-    probabilities = _submit.predict(comp, run_config, root, source, models, test, run_config.tta, device,
-                                    None)
+    probabilities = _predict.predict(comp, run_config, root, source, models, test, run_config.tta, device,
+                                     None)
     probabilities = np.asarray(probabilities, dtype=np.float32)
     if probabilities.shape != (len(test), comp.num_classes):
         raise CompkitError(f"pseudo = {source.name}: its test predictions have shape {probabilities.shape}, "
                            f"not ({len(test)}, {comp.num_classes})")
     with _io.atomic_open(path, "wb") as handle:  # a file object: np.savez would append .npz to a path
         np.savez(handle, key=np.array(key), probabilities=probabilities)
-    echo(f"pseudo-labels: saved the test predictions of {source.name} to {path} (later folds reuse them)")
+    console.echo(f"pseudo-labels: saved the test predictions of {source.name} to {path} (later folds reuse them)")
     return probabilities
 
 
