@@ -1,4 +1,5 @@
-"""The core's own plugin: generic model families (timm/..., unet/... and other smp architectures) and common losses.
+"""The core's own plugin: generic model families (timm/..., unet/... and other smp architectures, tv-det/...
+detectors) and common losses.
 
 Factories import torch, timm and segmentation-models-pytorch only when called.
 """
@@ -75,8 +76,13 @@ def pull_weights(model: str, folder: Path) -> Path:
         encoder = variant or "resnet34"
         state = smp.encoders.get_encoder(encoder, weights="imagenet").state_dict()
         name = f"{SMP_PREFIX}{encoder}"
+    elif family == "tv-det":
+        from compkit import detectors
+
+        return detectors.pull(variant, folder)  # torchvision's own file, under its own name
     else:
-        raise CompkitError(f"{model}: weights pull knows timm/VARIANT and {', '.join(SMP_ARCHITECTURES)}/ENCODER")
+        raise CompkitError(f"{model}: weights pull knows timm/VARIANT, tv-det/DETECTOR and "
+                           f"{', '.join(SMP_ARCHITECTURES)}/ENCODER")
     target = folder / f"{name}.safetensors"
     with _io.atomic_path(target) as temporary:
         save_file({key: value.contiguous() for key, value in state.items()}, str(temporary))
@@ -167,6 +173,15 @@ def smp_family(architecture: str) -> Callable[..., Any]:
     return factory
 
 
+def _detector(variant: str | None, num_classes: int, in_channels: int = 3, pretrained: bool = False,
+              image_size: tuple[int, int] | None = None) -> Any:
+    """torchvision's detectors: ``tv-det/fasterrcnn_resnet50_fpn_v2``, ``tv-det/fcos_resnet18_fpn`` ...
+    (``compkit.detectors``)."""
+    from compkit import detectors
+
+    return detectors.detector(variant, num_classes, in_channels, pretrained, image_size)
+
+
 def _loss(name: str) -> Callable[..., Any]:
     def factory() -> Any:
         from compkit import losses
@@ -214,6 +229,7 @@ LOSSES = {
     "dice": "DiceLoss",
     "bce-dice": "BCEDiceLoss",
     "focal": "FocalLoss",
+    "detector": "DetectorLoss",  # task detection: the detector's own losses, summed
 }
 WEIGHTED_LOSSES = ("CrossEntropy", "SmoothCrossEntropy", "BinaryCrossEntropy")  # take class_weights
 IGNORING_LOSSES = ("CrossEntropy", "SmoothCrossEntropy")  # take an ignore_index
@@ -232,6 +248,7 @@ def register_models(register: Callable[[str, Callable[..., Any]], None]) -> None
     register("timm", timm_model)
     for family, architecture in SMP_ARCHITECTURES.items():
         register(family, smp_family(architecture))
+    register("tv-det", _detector)
 
 
 @hookimpl

@@ -47,6 +47,7 @@ class Competition:
     group: ClassVar[str | None] = None  # samples sharing this column's value stay in one fold
     label_column: ClassVar[str] = "label"  # the submission's column for a predicted class name
     sample_submission: ClassVar[str | None] = "sample_submission.csv"  # relative to the data root
+    blank_columns: ClassVar[tuple[str, ...]] = ()  # submission columns where "" is a value (no box: PredictionString)
     ignore_index: ClassVar[int] = 255  # multi-class segmentation: the target value of pixels not scored
     data_name: ClassVar[str | None] = None  # a variant reads this competition's data folder (None: its own)
     output_files: ClassVar[bool] = False  # the submission is files (write_files), not a table
@@ -102,7 +103,7 @@ class Competition:
         if stage == "train":
             steps.append(A.HorizontalFlip(p=0.5))
         steps.append(A.Normalize(mean=self.mean, std=self.std))
-        return A.Compose(steps)
+        return self.kind.compose(steps)  # a detection task's Compose also moves the boxes
 
     def dataset(self, table: pd.DataFrame, root: Path, stage: str, config: Config) -> torch.utils.data.Dataset:
         """Images from ``table["path"]`` (under ``root``) with ``table["target"]`` class indices."""

@@ -22,7 +22,7 @@ from compkit.errors import CompkitError
 
 AMP_MODES = ("bf16", "fp16", "off")
 SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "none")
-TTA_MODES = ("none", "hflip", "vflip", "flips", "d4")
+TTA_MODES = ("none", "hflip", "vflip", "flips", "flips4", "d4")
 CHOICES = {"amp": AMP_MODES, "scheduler": SCHEDULERS, "tta": TTA_MODES,
            "checkpoint": ("metric", "train_loss", "last"),
            "augment": ("none", "randaugment", "trivialaugment", "autoaugment"),
@@ -83,7 +83,7 @@ class Config:
     swa: int = 0  # average the weights of the last this many epochs (SWA); best.pt if it scores better
     drop_last: bool = True  # training: drop the last partial batch of an epoch (false: a small set loses no row)
     keep_top: int = 0  # keep the this many best epochs' weights in fold<K>/top/ (compkit average), 0 is off
-    tta: str = "hflip"  # none | hflip | vflip | flips | d4
+    tta: str = "hflip"  # none | hflip | vflip | flips | flips4 (flips and both) | d4
     mask_threshold: float = 0.0  # segmentation: 0 searches threshold and min_area on OOF; else this threshold, as is
     n_folds: int = 5  # folds of a new split (an existing folds.csv decides)
     seed: int = 42  # the split, the initial weights and every augmentation

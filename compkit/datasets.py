@@ -133,14 +133,6 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
 
 
-def target_tensor(target: Any, task: Any) -> torch.Tensor:
-    """``task``'s tensor for a table's target value (``Task.target``: an int64 class index for
-    classification, float32 for soft or multi-label targets, int64 maps for multi-class segmentation)."""
-    from compkit import tasks
-
-    return tasks.get(task).target(target)
-
-
 # albumentations steps whose output is a function of their input alone (at p=1), and of those the ones
 # that keep a uint8 image uint8 (so a Normalize after them can still run on a whole batch).
 FIXED_STEPS = {"Normalize", "ToFloat", "FromFloat", "ToTensorV2", "Resize", "PadIfNeeded", "CenterCrop",
@@ -284,19 +276,29 @@ class ArrayDataset(Dataset):
         them as this dataset's items are), for a fixed transform ending in a Normalize and uint8
         images; else None. The batches are the same, bit for bit."""
         split = split_normalize(self.transform)
+        if self.targets is not None and self.collate is not None:
+            return None  # targets the default collate cannot batch (a detector's boxes) and the split would not move
         if split is None or not len(self) or self.load(0).dtype != np.uint8:
             return None
         dataset = copy.copy(self)
         dataset.transform, dataset.uint8_images = split[0], True
         return dataset, NormalizeBatch(split[1])
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image = self.load(index)
-        if self.transform is not None:
-            image = self.transform(image=image)["image"]
+    @property
+    def collate(self) -> Any:
+        """How this dataset's items become a batch (the task's; None: torch's default collate)."""
+        from compkit import tasks
+
+        return tasks.get(self.task).collate_fn()
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from compkit import tasks
+
+        value = None if self.targets is None else self.targets[index]
+        image, target = tasks.get(self.task).transformed(self.transform, self.load(index), value)
         item = {"image": torch.from_numpy(np.array(image)) if self.uint8_images else to_tensor(image)}
-        if self.targets is not None:
-            item["target"] = target_tensor(self.targets[index], self.task)
+        if target is not None:
+            item["target"] = target
         return item
 
 

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from compkit import _distributed, _io, oof
+from compkit import _distributed, _io, console, oof
 from compkit.errors import CompkitError
 from compkit.loaders import (  # noqa: F401 - re-exported: the loader API is part of the Engine's
     EpochSampler,
@@ -55,7 +55,6 @@ MAX_SKIPPED_STEPS = 50
 ACTIVATIONS = ("softmax", "sigmoid", None)
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 TIMING_COLUMNS = ("seconds", "images_per_second")
-_NOTED: set[str] = set()  # notes already printed by this process
 
 
 
@@ -211,15 +210,13 @@ class Engine:
         return ddp, network
 
     def _note(self, message: str) -> None:
-        """Print ``message`` once per process (rank 0, unless quiet)."""
-        if message not in _NOTED and not self.quiet:
-            _NOTED.add(message)
-            tqdm.write(f"note: {message}", file=sys.stderr)  # above an active progress bar, not on its line
+        """Print ``message`` once per process (rank 0, unless quiet), through ``compkit.console``."""
+        if not self.quiet:
+            console.note(message)
 
     def _say(self, message: str) -> None:
         """Print ``message`` on the main process, quiet or not."""
-        if self.main:
-            tqdm.write(message)
+        console.echo(message)
 
     def close(self) -> None:
         """Leave the process group this Engine joined (after a barrier, so no rank exits early)."""
@@ -463,13 +460,13 @@ class Engine:
         with self._progress(loader, f"epoch {epoch}/{epochs}") as progress:
             for index, batch in enumerate(progress):
                 images = self._to_device(batch["image"])
-                target = self._to_device(batch["target"])
+                target = self.task.to_device(batch["target"], self._to_device)
                 if self.batch_transform is not None:  # e.g. mixup/cutmix, on the device
                     images, target = self.batch_transform(images, target, epoch)
                 update = (index + 1) % self.accumulate == 0 or index + 1 == batches
                 with self._gradient_sync(update):
                     with self._autocast():
-                        loss = self.loss(self.network(images), target)
+                        loss = self.task.training_loss(self.network, self.loss, images, target)
                     self._backward(loss, self._group_size(index, batches))
                 if update and self._optimizer_step(epoch, index):
                     state.step += 1
@@ -574,7 +571,8 @@ class Engine:
                     f"valid_ids has {len(run.valid_ids)} ids for {len(valid.probabilities)} validation samples"
                 )
             # Scored on the values that oof.npz keeps, so the file reproduces this score exactly.
-            value = float(run.score(valid.targets, self.task.restore(valid.probabilities)))
+            value = self.task.validation_score(run.score, valid.targets, self.task.restore(valid.probabilities),
+                                               run.higher_is_better)
             result = (value, valid.loss_sum / max(1, valid.count))
         return _distributed.broadcast(result)
 
@@ -594,16 +592,15 @@ class Engine:
         model.eval()
         with torch.inference_mode(), self._autocast():
             output, _ = self._forward(model, self._to_device(images), views)
-        return self.task.squeeze(output.float())
+        return self.task.finish(output)
 
     def _forward(self, model: nn.Module, images: torch.Tensor,
                  views: Sequence[Any] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(probabilities, logits: None under TTA, whose views each have their own)."""
         if views:
-            from compkit import tta
-
-            return tta.predict(lambda x: self.task.probabilities(model(x)), images, views, dense=self.task.dense), None
-        logits = model(images)
+            return self.task.predict_views(lambda x: self.task.probabilities(self.task.forward(model, x)), images,
+                                           views), None
+        logits = self.task.forward(model, images)
         return self.task.probabilities(logits), logits
 
     def _infer(
@@ -630,13 +627,12 @@ class Engine:
                 images = self._to_device(batch["image"])
                 output, logits = self._forward(model, images, views)
                 if with_targets:
-                    target = self._to_device(batch["target"])
+                    target = self.task.to_device(batch["target"], self._to_device)
                     if self.loss is not None and not views:
-                        loss_sum += self.loss(logits.float(), target).float() * len(images)
-                    target = self.task.stored_target(target) if compact else self.task.squeeze(target)
-                    targets.append(target.cpu().numpy())
-                output = self.task.stored(output) if compact else self.task.squeeze(output).to(dtype)
-                probabilities.append(output.cpu().numpy())
+                        loss = self.task.valid_loss(self.loss, logits, target)
+                        loss_sum += math.nan if loss is None else loss * len(images)
+                    targets.append(self.task.host_target(target, images, compact=compact))
+                probabilities.append(self.task.host(output, compact=compact, dtype=dtype))
                 count += len(images)
         return Predictions(
             probabilities=_concatenate(probabilities),
@@ -1003,7 +999,7 @@ def _curves_title(out_dir: Path) -> str:
 def _summary_line(row: dict[str, Any], epochs: int, metric: str, improved: bool, stopping: bool,
                   history: Sequence[dict[str, Any]] = ()) -> str:
     """The line printed after each epoch; ``history`` (the epochs so far) gives the run's ETA."""
-    validation = ("(no validation)" if math.isnan(row["valid_loss"]) else
+    validation = ("(no validation)" if math.isnan(row[metric]) else
                   f"valid_loss {row['valid_loss']:.4f}  {metric} {row[metric]:.5f}{' new best' if improved else ' ' * 9}")
     line = (
         f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {validation}  lr {row['lr']:.2e}  "

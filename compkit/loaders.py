@@ -291,7 +291,7 @@ def make_loader(
     )
     workers = default_workers() if num_workers < 0 else num_workers
     on_cuda = resolve_device(device).type == "cuda"
-    dataset, collate = _batched(dataset) if not train else (dataset, None)
+    dataset, collate = _batched(dataset) if not train else (dataset, getattr(dataset, "collate", None))
     return ThreadedLoader(
         SeededDataset(dataset),
         batch_size=batch_size,
@@ -316,4 +316,4 @@ def _batched(dataset: Dataset) -> tuple[Dataset, Any]:
     """(dataset, collate_fn): the dataset's batch-normalising variant when it has one, else as is."""
     method = getattr(dataset, "normalized_in_batches", None)
     split = method() if callable(method) else None
-    return split if split is not None else (dataset, None)
+    return split if split is not None else (dataset, getattr(dataset, "collate", None))

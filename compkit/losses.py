@@ -75,3 +75,14 @@ class FocalLoss(nn.Module):
         bce = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
         p_t = torch.exp(-bce)
         return ((1 - p_t) ** self.gamma * bce).mean()
+
+
+class DetectorLoss(nn.Module):
+    """The sum of a torchvision detector's own losses (its train-mode output: a dict such as
+    ``loss_classifier``, ``loss_box_reg``, ``loss_objectness``, ``loss_rpn_box_reg``); the targets were
+    already consumed by the detector."""
+
+    def forward(self, losses: dict[str, torch.Tensor], targets: object = None) -> torch.Tensor:
+        if not isinstance(losses, dict):
+            raise TypeError("the detector loss takes a detector's loss dict; use it with task detection")
+        return torch.stack([value.float() for value in losses.values()]).sum()

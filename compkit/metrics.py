@@ -199,3 +199,28 @@ def _column_aucs(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def _check_rows(targets: np.ndarray, probabilities: np.ndarray) -> None:
     if len(targets) != len(probabilities):
         raise CompkitError(f"{len(targets)} targets but {len(probabilities)} rows of probabilities")
+
+
+# -- detection: (N,) object arrays of per-image boxes (compkit.boxes); names for Competition.metric --------
+
+
+def coco_map(targets: np.ndarray, predictions: np.ndarray) -> float:
+    """COCO box mAP@[.5:.95], equal to pycocotools' stats[0] (``compkit.boxes.coco_map``)."""
+    from compkit import boxes
+
+    return boxes.coco_map(targets, predictions)
+
+
+def map50(targets: np.ndarray, predictions: np.ndarray) -> float:
+    """COCO box mAP at IoU 0.5, equal to pycocotools' stats[1] (``compkit.boxes.map50``)."""
+    from compkit import boxes
+
+    return boxes.map50(targets, predictions)
+
+
+def wheat(targets: np.ndarray, predictions: np.ndarray) -> float:
+    """Global Wheat Detection's mean over images of TP / (TP + FP + FN) at IoU 0.5..0.75
+    (``compkit.boxes.wheat_score``)."""
+    from compkit import boxes
+
+    return boxes.wheat_score(targets, predictions)

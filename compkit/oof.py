@@ -52,19 +52,49 @@ def write(path: Path, ids: Sequence[str] | np.ndarray, probabilities: np.ndarray
     ``epoch``: the training epoch the predictions come from (kept in the file). uint8 ``probabilities``
     are quantised ones with ``scale`` = 255, or with ``scale`` None decisions (class indices) kept as such."""
     ids = np.asarray(ids).astype(str)
-    members = {"ids": ids, "targets": _compact_targets(targets, dense=is_dense(probabilities))}
+    members = {"ids": ids}
     if epoch is not None:
         members["epoch"] = np.array(epoch)
-    if probabilities.dtype == np.uint8 and scale is None:
-        members["probabilities"] = probabilities  # class indices
-    elif probabilities.dtype == np.uint8:
-        members |= {"probabilities": probabilities, "scale": np.array(SCALE)}
-    elif is_dense(probabilities):
-        members |= {"probabilities": quantise(probabilities), "scale": np.array(SCALE)}
+    if is_ragged(probabilities):  # detection: (score, label, box) rows per image, and (label, box) targets
+        members |= _flat("probabilities", probabilities) | _flat("targets", targets)
     else:
-        members["probabilities"] = probabilities.astype(np.float16)
+        members |= _stored_members(probabilities, targets, scale)
     with _io.atomic_open(path, "wb") as handle:  # a file object: np.savez would append .npz to a path
         np.savez(handle, **members)
+
+
+def _stored_members(probabilities: np.ndarray, targets: np.ndarray, scale: int | None) -> dict[str, np.ndarray]:
+    members = {"targets": _compact_targets(targets, dense=is_dense(probabilities))}
+    if probabilities.dtype == np.uint8 and scale is None:
+        return members | {"probabilities": probabilities}  # class indices
+    if probabilities.dtype == np.uint8:
+        return members | {"probabilities": probabilities, "scale": np.array(SCALE)}
+    if is_dense(probabilities):
+        return members | {"probabilities": quantise(probabilities), "scale": np.array(SCALE)}
+    return members | {"probabilities": probabilities.astype(np.float16)}
+
+
+def is_ragged(array: np.ndarray) -> bool:
+    """One array per sample of its own length (detection's boxes): a 1-d object array."""
+    return array.dtype == object
+
+
+def _flat(name: str, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """A ragged array as two plain members (no pickles in oof.npz): NAME, the rows concatenated
+    (float32 [sum K, columns]), and NAME_offsets (int64 [N + 1]): sample i is rows offsets[i]:offsets[i + 1]."""
+    arrays = [np.asarray(row, dtype=np.float32) for row in rows]
+    columns = arrays[0].shape[1] if arrays and arrays[0].ndim == 2 else 0
+    flat = np.concatenate(arrays).reshape(-1, columns) if arrays else np.zeros((0, 0), np.float32)
+    offsets = np.concatenate([[0], np.cumsum([len(row) for row in arrays])]).astype(np.int64)
+    return {name: flat, f"{name}_offsets": offsets}
+
+
+def _unflat(flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    flat, offsets = np.asarray(flat), np.asarray(offsets)
+    rows = np.empty(len(offsets) - 1, dtype=object)
+    for index in range(len(rows)):
+        rows[index] = flat[offsets[index]:offsets[index + 1]]
+    return rows
 
 
 def _compact_targets(targets: np.ndarray, dense: bool) -> np.ndarray:
@@ -137,6 +167,8 @@ class OOF:
     def probabilities(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
         """float32 probabilities of ``rows`` (all by default), dequantised; stored class indices as they are."""
         raw = np.asarray(self.raw_probabilities[rows])
+        if is_ragged(raw):
+            return raw
         if self.scale:
             return raw.astype(np.float32) / self.scale
         return raw if np.issubdtype(raw.dtype, np.integer) else raw.astype(np.float32)
@@ -160,7 +192,11 @@ def load(path: Path) -> OOF:
         scale = int(members["scale"][()]) if "scale" in members else None
         if scale not in (None, SCALE):
             raise ValueError(f"scale {scale}, not {SCALE}")
-        return OOF(path, np.asarray(members["ids"]), members["probabilities"], members["targets"], scale)
+        probabilities, targets = members["probabilities"], members["targets"]
+        if "probabilities_offsets" in members:  # ragged (detection): small, read whole
+            probabilities = _unflat(probabilities, members["probabilities_offsets"])
+            targets = _unflat(targets, members["targets_offsets"])
+        return OOF(path, np.asarray(members["ids"]), probabilities, targets, scale)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise CompkitError(f"{path} is damaged or not an oof.npz ({error}); train that fold again") from None
 

@@ -137,9 +137,13 @@ def cross_validation(comp: Competition, run_dir: Path, folds: list[int]) -> dict
         scores = {k: float(v.mean()) for k, v in values.items()}
         score = float(np.concatenate(list(values.values())).mean())
     else:
-        scores = {k: comp.score(np.asarray(p.targets), p.probabilities()) for k, p in parts.items()}
-        score = comp.score(np.concatenate([np.asarray(p.targets) for p in parts.values()]),
-                           np.concatenate([p.probabilities() for p in parts.values()]))
+        # scored as each epoch was (Task.validation_score: a detector's score at its best score threshold)
+        def score_of(targets: np.ndarray, predictions: np.ndarray) -> float:
+            return comp.kind.validation_score(comp.score, targets, predictions, comp.higher_is_better)
+
+        scores = {k: score_of(np.asarray(p.targets), p.probabilities()) for k, p in parts.items()}
+        score = score_of(np.concatenate([np.asarray(p.targets) for p in parts.values()]),
+                         np.concatenate([p.probabilities() for p in parts.values()]))
     return {"score": score, "folds": scores, "oof": list(parts.values())}
 
 

@@ -62,14 +62,16 @@ def rle_frame(
     return pd.DataFrame({columns[0]: list(ids), columns[1]: encoded})
 
 
-def validate(frame: pd.DataFrame, sample: pd.DataFrame, labels: Iterable[Any] | None = None) -> None:
+def validate(frame: pd.DataFrame, sample: pd.DataFrame, labels: Iterable[Any] | None = None,
+             blank: Iterable[str] = ()) -> None:
     """Raise CompkitError unless ``frame`` matches ``sample``: the same columns in the same order, the
-    same ids (first column) in the same order, no missing or blank value, and, when ``labels`` is
-    given, every value outside the id column in ``labels``. The message names the offending rows.
+    same ids (first column) in the same order, no missing or blank value (except an empty string in the
+    ``blank`` columns, e.g. a PredictionString with no box), and, when ``labels`` is given, every value
+    outside the id column in ``labels``. The message names the offending rows.
     """
     _check_columns(frame, sample)
     _check_ids(frame, sample)
-    _check_missing(frame)
+    _check_missing(frame, tuple(blank))
     if labels is not None:
         _check_labels(frame, labels)
 
@@ -79,13 +81,15 @@ def write(
     path: str | os.PathLike,
     sample: pd.DataFrame | str | os.PathLike | None = None,
     labels: Iterable[Any] | None = None,
+    blank: Iterable[str] = (),
 ) -> None:
     """Validate ``frame`` against ``sample`` (a frame or a CSV path) if given, then write it atomically.
+    ``blank``: columns where an empty string is a value (``validate``).
 
     On any failure nothing is left at ``path`` (an existing file there is kept as it was).
     """
     if sample is not None:
-        validate(frame, read_sample(sample) if not isinstance(sample, pd.DataFrame) else sample, labels)
+        validate(frame, read_sample(sample) if not isinstance(sample, pd.DataFrame) else sample, labels, blank)
     _io.write_csv(path, frame)
 
 
@@ -137,8 +141,9 @@ def _check_ids(frame: pd.DataFrame, sample: pd.DataFrame) -> None:
     )
 
 
-def _check_missing(frame: pd.DataFrame) -> None:
-    blank = frame.isna() | frame.apply(lambda column: column.astype(str).str.strip() == "")
+def _check_missing(frame: pd.DataFrame, allowed: tuple[str, ...] = ()) -> None:
+    blank = frame.isna() | frame.apply(
+        lambda column: (column.astype(str).str.strip() == "") & (column.name not in allowed or column.isna()))
     rows = np.flatnonzero(blank.to_numpy().any(axis=1))
     if len(rows):
         columns = [str(name) for name in frame.columns[blank.to_numpy().any(axis=0)]]

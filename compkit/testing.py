@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from compkit import oof as oof_file
 from compkit import registry, submission
 from compkit.competition import Competition
 from compkit.config import Config
@@ -54,7 +55,7 @@ class CompetitionContract:
 
         assert competition.name == self.name
         assert isinstance(competition.kind, Task)  # a registered task name, or a Task
-        assert competition.num_classes >= 1 and competition.activation in ("softmax", "sigmoid")
+        assert competition.num_classes >= 1 and competition.activation in ("softmax", "sigmoid", None)
 
     def test_top_module_imports_without_torch(self) -> None:
         code = f"import sys, {self.module}; assert 'torch' not in sys.modules, 'torch imported'"
@@ -84,12 +85,15 @@ class CompetitionContract:
                                                      config: Config) -> None:
         import torch
 
+        from compkit.pipeline._build import build_model
+
         reg = registry.get()
-        model = reg.model(config.model, competition.num_classes, competition.in_channels, pretrained=False)
+        model = build_model(competition, config, pretrained=False)
         dataset = competition.dataset(competition.train_table(root).head(2), root, "train", config)
-        batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
-        logits = model(batch["image"])
-        loss = reg.loss(config.loss, config=config, competition=competition)(logits, batch["target"])
+        batch = _collate(competition, [dataset[0], dataset[1]])
+        model.train()
+        loss_function = reg.loss(config.loss, config=config, competition=competition)
+        loss = competition.kind.training_loss(model, loss_function, batch["image"], batch["target"])
         loss.backward()
         assert torch.isfinite(loss)
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
@@ -108,7 +112,7 @@ class CompetitionContract:
             labels = competition.labels()
             assert labels is None or frame[competition.label_column].isin(labels).all()
         else:
-            submission.validate(frame, sample, competition.labels())
+            submission.validate(frame, sample, competition.labels(), competition.blank_columns)
 
     def test_files_are_written(self, competition: Competition, root: Path, config: Config,
                                tmp_path: Path) -> None:
@@ -128,16 +132,15 @@ class CompetitionContract:
         assert written and all(Path(path).is_file() and Path(path).is_relative_to(tmp_path) for path in written)
 
     def test_score_is_perfect_on_the_truth(self, competition: Competition, root: Path, config: Config) -> None:
-        import torch
 
         table = competition.train_table(root)
         dataset = competition.dataset(table, root, "valid", config)
         task = competition.kind
-        targets = torch.stack([dataset[i]["target"] for i in range(len(dataset))])
-        truth = task.stored_target(targets).numpy()  # as the out-of-fold file keeps them
+        batch = _collate(competition, [dataset[i] for i in range(len(dataset))])
+        truth = task.host_target(batch["target"], batch["image"], compact=True)  # as the out-of-fold file keeps them
         best = competition.score(truth, task.perfect(truth, competition))
         assert np.isfinite(best)
-        if competition.metric in ("accuracy", "dice", "miou", "pixel_accuracy"):
+        if competition.metric in ("accuracy", "dice", "miou", "pixel_accuracy", "wheat", "coco-map", "map50"):
             assert best == pytest.approx(1.0)
 
 
@@ -212,7 +215,15 @@ def end_to_end(name: str, workdir: Path, *settings: str, n_folds: int = 3, fold:
     written = workdir / "submissions" / name
     (path,) = sorted(written.glob("*.csv")) or sorted(entry for entry in written.iterdir() if entry.is_dir())
     sidecar = json.loads(path.with_suffix(".json").read_text())
-    return EndToEnd(metrics, oof, path, sidecar, float(best), trivial_baseline(competition, oof["targets"]))
+    targets = np.asarray(oof_file.load(fold_dir / "oof.npz").targets)  # per image for detection
+    return EndToEnd(metrics, oof, path, sidecar, float(best), trivial_baseline(competition, targets))
+
+
+def _collate(competition: Competition, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of ``items`` as the training loader makes it (the task's collate)."""
+    from torch.utils.data import default_collate
+
+    return (competition.kind.collate_fn() or default_collate)(items)
 
 
 def trivial_baseline(competition: Competition, targets: np.ndarray) -> float:

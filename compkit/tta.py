@@ -62,10 +62,11 @@ def _antitranspose(images: Tensor) -> Tensor:
 IDENTITY = View("identity", _identity, _identity)
 HFLIP = View("hflip", _hflip, _hflip)
 VFLIP = View("vflip", _vflip, _vflip)
+ROT180 = View("rot180", _rot180, _rot180)  # both flips
 D4 = (
     IDENTITY,
     View("rot90", _rot90, _rot270, square_only=True),
-    View("rot180", _rot180, _rot180),
+    ROT180,
     View("rot270", _rot270, _rot90, square_only=True),
     HFLIP,
     VFLIP,
@@ -77,12 +78,14 @@ MODES = {
     "hflip": (IDENTITY, HFLIP),
     "vflip": (IDENTITY, VFLIP),
     "flips": (IDENTITY, HFLIP, VFLIP),
+    "flips4": (IDENTITY, HFLIP, VFLIP, ROT180),
     "d4": D4,
 }
 
 
 def views(mode: str) -> tuple[View, ...]:
-    """The views of a TTA mode: none (1), hflip (2), vflip (2), flips (3) or d4 (8, square images only)."""
+    """The views of a TTA mode: none (1), hflip (2), vflip (2), flips (3), flips4 (4: flips and both at once)
+    or d4 (8, square images only)."""
     if mode not in MODES:
         raise CompkitError(f"unknown TTA mode {mode!r}; available: {', '.join(MODES)}")
     return MODES[mode]

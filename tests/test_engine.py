@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from compkit import engine, oof, optim, tta
+from compkit import console, engine, oof, optim, tta
 from compkit.config import Config
 from compkit.errors import CompkitError
 
@@ -353,7 +353,7 @@ def test_a_schedule_built_for_other_steps_is_refused():
 
 
 def test_amp_on_cpu_runs_float32_with_a_note(capsys, monkeypatch):
-    monkeypatch.setattr(engine, "_NOTED", set())  # notes print once per process: start from none
+    monkeypatch.setattr(console, "_NOTED", set())  # notes print once per process: start from none
     trainer = engine.Engine(classifier(), device="cpu", amp="bf16")
     assert trainer.amp_dtype is None and trainer.scaler is None
     assert "float32" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from compkit import engine, optim
+from compkit import console, engine, optim
 from compkit.config import Config
 
 EPOCHS, BATCH, LR = 4, 32, 1e-2
@@ -139,7 +139,7 @@ def test_precise_bn_rescues_evaluation_of_an_imagenet_stem_at_28_pixels(digits, 
 
 
 def test_validation_loss_far_above_training_loss_gets_one_note(capsys, monkeypatch):
-    monkeypatch.setattr(engine, "_NOTED", set())
+    monkeypatch.setattr(console, "_NOTED", set())
     trainer = engine.Engine(nn.Linear(2, 2), device="cpu")
     history = [{"train_loss": 0.1, "valid_loss": 2.0}, {"train_loss": 0.1, "valid_loss": 1.9}]
     trainer._check_divergence(history)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compkit import _submit, oof, postprocess, registry, runs
+from compkit import oof, postprocess, registry, runs
 from compkit.errors import CompkitError
+from compkit.pipeline import submitting
 
 
 def masks_and_probabilities(images: int = 24, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -121,6 +122,6 @@ def test_the_search_sample_reads_the_chosen_rows_across_folds(tmp_path):
         oof.write(tmp_path / f"{k}.npz", range(5), probabilities, masks)
         parts.append(oof.load(tmp_path / f"{k}.npz"))
     rows = np.array([1, 4, 5, 6, 13, 14])
-    picked = np.concatenate([t for t, _ in _submit.sampled_chunks(parts, rows)])
+    picked = np.concatenate([t for t, _ in submitting.sampled_chunks(parts, rows)])
     everything = np.concatenate([m for m, _ in stacks]).astype(np.uint8)
     np.testing.assert_array_equal(picked, everything[rows])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from compkit import engine
+from compkit import console, engine
 from compkit.errors import CompkitError
 from tests.test_engine import accuracy, build, loaders
 
@@ -23,7 +23,7 @@ class Terminal(io.StringIO):
 
 
 def test_quiet_still_prints_each_epoch_and_the_best_one(capsys, monkeypatch):
-    monkeypatch.setattr(engine, "_NOTED", set())
+    monkeypatch.setattr(console, "_NOTED", set())
     scores = iter([0.5, 0.7, 0.6])
     train, valid = loaders()
     trainer = build(epochs=3, amp="bf16")  # quiet=True; bf16 on the CPU would print a note
@@ -91,7 +91,7 @@ def test_an_early_read_of_the_losses_leaves_the_epoch_mean_as_one_read_gives_it(
 def test_a_note_goes_above_an_active_bar_and_ctrl_c_clears_the_bar(monkeypatch):
     terminal = Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
-    monkeypatch.setattr(engine, "_NOTED", set())
+    monkeypatch.setattr(console, "_NOTED", set())
     train, valid = loaders()
     trainer = build()
     trainer.quiet = False

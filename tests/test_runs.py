@@ -23,9 +23,9 @@ FAST = ["--batch-size", "64", "--device", "cpu", "--set", "num_workers=0", "--qu
 # moment a run that only moved `latest` when it ended would leave `latest` on the previous run.
 KILLED_AFTER_EPOCH_1 = textwrap.dedent("""
     import os, signal, sys
-    from compkit import _train
+    from compkit.pipeline import _fit
     from compkit.cli import cli
-    _train.notify = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+    _fit.notify = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
     cli(sys.argv[1:], prog_name="compkit")
 """)
 
@@ -240,18 +240,18 @@ def test_init_from_starts_a_new_run_from_another_runs_best_weights(work):
 
 
 def test_a_full_fit_on_all_data_and_submissions_with_it_alone_or_with_the_folds(work, monkeypatch):
-    from compkit import _train
+    from compkit.pipeline import _fit
 
     path, env = work
     run = path / "r" / "digits" / "first"
     seen = {}
-    real_fit = _train.fit_fold
+    real_fit = _fit.fit_fold
 
     def spy(comp, config, table, valid_mask, *args, **kwargs):
         seen["rows"], seen["validation"] = len(table), int(valid_mask.sum())
         return real_fit(comp, config, table, valid_mask, *args, **kwargs)
 
-    monkeypatch.setattr(_train, "fit_fold", spy)
+    monkeypatch.setattr(_fit, "fit_fold", spy)
     result = invoke("train", "digits", "--full", "--run-name", "first", *FAST, env=env)
     assert result.exit_code == 0, result.output
     assert seen["validation"] == 0 and seen["rows"] == len(pd.read_csv(path / "d" / "digits" / "train.csv"))
@@ -276,6 +276,7 @@ def test_the_baseline_is_a_random_forest_on_the_same_folds_and_metric(work):
     from sklearn.metrics import accuracy_score
 
     from compkit import pipeline, registry
+    from compkit.pipeline import _common
     from compkit.places import Places
 
     path, env = work
@@ -289,7 +290,7 @@ def test_the_baseline_is_a_random_forest_on_the_same_folds_and_metric(work):
     from compkit import baseline
 
     comp = registry.get().competition("digits")
-    rows, _, assignment = pipeline._fold_table(comp, path / "d" / "digits", comp.defaults)
+    rows, _, assignment = _common.fold_rows(comp, path / "d" / "digits", comp.defaults)
     x, y = baseline.pixels(comp, rows, path / "d" / "digits", 8)
     valid = assignment == 0
     forest = RandomForestClassifier(n_estimators=50, n_jobs=-1, random_state=42, min_samples_leaf=2)
@@ -298,20 +299,20 @@ def test_the_baseline_is_a_random_forest_on_the_same_folds_and_metric(work):
 
 
 def test_a_dry_run_goes_through_every_file_of_a_fold_and_keeps_nothing(work, monkeypatch):
-    from compkit import _train
+    from compkit.pipeline import _fit
 
     path, env = work
     runs = path / "r" / "digits"
     before = sorted(p.name for p in runs.iterdir())
     latest = os.readlink(runs / "latest")
     seen = {}
-    real_fit = _train.fit_fold
+    real_fit = _fit.fit_fold
 
     def spy(*args, **kwargs):
         seen["out_dir"], seen["limit"] = args[5], kwargs["limit_batches"]
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(_train, "fit_fold", spy)
+    monkeypatch.setattr(_fit, "fit_fold", spy)
     result = invoke("train", "digits", "--fold", "2", "--dry-run", "--device", "cpu", "--quiet", env=env)
     assert result.exit_code == 0, result.output
     assert seen["limit"] == 2 and "epoch 1/1" in result.output and "epoch 2/" not in result.output

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from compkit import _submit, _train, registry
+from compkit import registry, tta
 from compkit.cli import cli
 from compkit.config import Config
-from compkit.pipeline import table
+from compkit.pipeline import _build, _predict, submitting, table
 from tests._cli import FAST, invoke, places_env
 
 
@@ -32,8 +32,8 @@ def trained(tmp_path_factory):
 def test_submit_reads_the_test_set_once_and_matches_the_mean_of_each_folds_prediction(trained, monkeypatch):
     tmp_path, env = trained
     stages = []
-    real_loader = _train.loader
-    monkeypatch.setattr(_train, "loader", lambda comp, frame, root, stage, config, **kw: (
+    real_loader = _build.loader
+    monkeypatch.setattr(_build, "loader", lambda comp, frame, root, stage, config, **kw: (
         stages.append(stage), real_loader(comp, frame, root, stage, config, **kw))[1])
     result = invoke("submit", "digits", "--run", "r1", "--folds", "0,1", "--tta", "hflip", "--batch-size", "50",
                     "--device", "cpu", env=env)
@@ -50,9 +50,9 @@ def test_submit_reads_the_test_set_once_and_matches_the_mean_of_each_folds_predi
     total = 0
     for fold in (0, 1):  # each fold alone over the whole test set, as submit did before streaming
         model = registry.get().model(config.model, comp.num_classes, comp.in_channels, pretrained=False)
-        engine = _train.make_engine(comp, config, model, device="cpu")
+        engine = _build.make_engine(comp, config, model, device="cpu")
         engine.load(run_dir / f"fold{fold}" / "best.pt")
-        total = total + engine.predict(loader, views=_submit.tta.views("hflip"))
+        total = total + engine.predict(loader, views=tta.views("hflip"))
     expected = comp.submission(test_table, total / 2)
     pd.testing.assert_frame_equal(pd.read_csv(written, dtype=str), expected.astype(str), check_dtype=False)
 
@@ -64,8 +64,8 @@ def test_predict_batches_yields_one_merged_array_per_batch(trained):
     config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
     root = tmp_path / "d" / "digits"
     test_table = table(comp, root, "test")
-    batches = list(_submit.predict_batches(comp, config, root, run_dir, ["fold0", "fold1"], test_table, "none",
-                                           "cpu", 40))
+    batches = list(_predict.predict_batches(comp, config, root, run_dir, ["fold0", "fold1"], test_table, "none",
+                                            "cpu", 40))
     assert [len(b) for b in batches] == [min(40, len(test_table) - i) for i in range(0, len(test_table), 40)]
     assert all(b.shape[1] == comp.num_classes for b in batches)
     np.testing.assert_allclose(np.concatenate(batches).sum(axis=1), 1.0, atol=1e-5)
@@ -95,9 +95,9 @@ def test_submit_with_the_last_checkpoint_predicts_with_last_pt(trained):
     config = Config.from_dict(json.loads((runs / "r-last" / "config.json").read_text()))
     root = tmp_path / "d" / "digits"
     test_table = table(comp, root, "test")
-    by_last = _submit.predict(comp, config, root, runs / "r-last", ["fold0"], test_table, "none", "cpu", 64,
+    by_last = _predict.predict(comp, config, root, runs / "r-last", ["fold0"], test_table, "none", "cpu", 64,
                               checkpoint="last.pt")
-    by_best = _submit.predict(comp, config, root, runs / "r-last", ["fold0"], test_table, "none", "cpu", 64)
+    by_best = _predict.predict(comp, config, root, runs / "r-last", ["fold0"], test_table, "none", "cpu", 64)
     assert not np.allclose(by_last, by_best)
     written = pd.read_csv(sorted((tmp_path / "s" / "digits").glob("*.csv"))[-1], dtype=str)
     pd.testing.assert_frame_equal(written, comp.submission(test_table, by_last).astype(str), check_dtype=False)
@@ -112,7 +112,7 @@ def test_a_fixed_mask_threshold_skips_the_search(monkeypatch, tmp_path):
 
     comp = registry.get().competition("siim")
     monkeypatch.setattr(postprocess, "search_chunks", lambda *a, **k: pytest.fail("searched"))
-    params = _submit._postprocess(comp, Config(mask_threshold=0.4), tmp_path, {"oof": []})
+    params = submitting._postprocess(comp, Config(mask_threshold=0.4), tmp_path, {"oof": []})
     assert params == {"threshold": 0.4, "min_area": 0}
     with pytest.raises(Exception, match="mask_threshold"):
         Config(mask_threshold=1.0)

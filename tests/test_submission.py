@@ -179,3 +179,14 @@ def test_files_claimed_in_the_same_second_get_distinct_names_and_a_failure_leave
     with pytest.raises(CompkitError), _io.new_file(tmp_path, "20261201-120000", ".csv") as third:
         submission.write(pd.DataFrame({"id": ["zzz"], "label": ["x"]}), third, sample)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20261201-120000-2.csv", "20261201-120000.csv"]
+
+
+def test_an_empty_string_is_a_value_only_in_the_blank_columns():
+    sample = pd.DataFrame({"image_id": ["a", "b"], "PredictionString": ["1.0 0 0 50 50", "1.0 0 0 50 50"]})
+    frame = pd.DataFrame({"image_id": ["a", "b"], "PredictionString": ["0.9000 1 2 3 4", ""]})  # b: no box
+    submission.validate(frame, sample, blank=("PredictionString",))
+    with pytest.raises(CompkitError, match="row 1"):
+        submission.validate(frame, sample)
+    frame.loc[1, "PredictionString"] = None  # missing is still missing
+    with pytest.raises(CompkitError, match="missing or blank"):
+        submission.validate(frame, sample, blank=("PredictionString",))

@@ -2,8 +2,8 @@
 
 ``of(competition)`` is the one place a competition's ``task`` (a registered name or a ``Task``
 instance) becomes a ``Task``; the rest of the kit asks that object and never compares names.
-Built in: ``classification``, ``multilabel``, ``segmentation`` (binary) and ``multiclass-segmentation``;
-a plugin adds its own with the ``register_tasks`` hook.
+Built in: ``classification``, ``multilabel``, ``segmentation`` (binary), ``multiclass-segmentation`` and
+``detection``; a plugin adds its own with the ``register_tasks`` hook.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from typing import Any
 
 from compkit.tasks.base import Task
 from compkit.tasks.classification import Classification
+from compkit.tasks.detection import Detection
 from compkit.tasks.multiclass_segmentation import MulticlassSegmentation, ignore_index
 from compkit.tasks.multilabel import Multilabel
 from compkit.tasks.segmentation import Segmentation
 
-BUILTIN: tuple[Task, ...] = (Classification(), Multilabel(), Segmentation(), MulticlassSegmentation())
+BUILTIN: tuple[Task, ...] = (Classification(), Multilabel(), Segmentation(), MulticlassSegmentation(), Detection())
 
-__all__ = ["BUILTIN", "Classification", "MulticlassSegmentation", "Multilabel", "Raw", "Segmentation", "Task",
+__all__ = ["BUILTIN", "Classification", "Detection", "MulticlassSegmentation", "Multilabel", "Raw", "Segmentation", "Task",
            "get", "ignore_index", "of"]
 
 

@@ -54,6 +54,62 @@ class Task:
         """Predictions as the kit hands them on ((B, C); a binary map (B, H, W))."""
         return probabilities
 
+    def forward(self, model: Any, images: torch.Tensor) -> Any:
+        """The model's eval-mode output for ``images`` [B, C, H, W]: logits (a detector: its boxes)."""
+        return model(images)
+
+    def training_loss(self, network: Any, loss: Any, images: torch.Tensor, target: Any) -> torch.Tensor:
+        """The training loss of a batch: ``loss(network(images), target)`` (a detector computes its own)."""
+        return loss(network(images), target)
+
+    def valid_loss(self, loss: Any, logits: Any, target: Any) -> torch.Tensor | None:
+        """The validation loss of a batch's logits (None: this task's models give none in eval mode)."""
+        return loss(logits.float(), target).float()
+
+    def to_numpy(self, output: Any) -> np.ndarray:
+        """``Engine.predict_batch``'s result as a numpy array (on the host)."""
+        return output.cpu().numpy()
+
+    def finish(self, output: Any) -> Any:
+        """``Engine.predict_batch``'s result from the probabilities of a batch."""
+        return self.squeeze(output.float())
+
+    # -- data -----------------------------------------------------------------------------------------
+
+    def compose(self, steps: list[Any]) -> Any:
+        """The albumentations Compose of a competition's transform steps (a detector's also moves boxes)."""
+        import albumentations as A
+
+        return A.Compose(steps)
+
+    def transformed(self, transform: Any, image: np.ndarray, value: Any) -> tuple[np.ndarray, Any]:
+        """An image through ``transform`` and its target tensor from a table value (None at test)."""
+        if transform is not None:
+            image = transform(image=image)["image"]
+        return image, None if value is None else self.target(value)
+
+    def collate_fn(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]] | None:
+        """How items become a batch (None: torch's default collate)."""
+        return None
+
+    def to_device(self, target: Any, move: Callable[[Any], Any]) -> Any:
+        """A batch's target on the device (``move`` moves one tensor)."""
+        return move(target)
+
+    # -- TTA and merging ------------------------------------------------------------------------------
+
+    def predict_views(self, fn: Callable[[Any], Any], images: torch.Tensor, views: Any) -> Any:
+        """Probabilities merged over TTA ``views`` (``fn``: images -> probabilities); maps are inverted."""
+        from compkit import tta
+
+        return tta.predict(fn, images, views, dense=self.dense)
+
+    def merge(self, predictions: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:
+        """Several models' predictions of the same rows merged: their (weighted) mean."""
+        weights = [1.0] * len(predictions) if weights is None else weights
+        total = sum(weight * np.asarray(values, dtype=np.float32) for weight, values in zip(weights, predictions))
+        return total / float(sum(weights))
+
     # -- targets --------------------------------------------------------------------------------------
 
     def target(self, value: Any) -> torch.Tensor:
@@ -97,11 +153,38 @@ class Task:
         """What the out-of-fold file keeps of a batch's targets."""
         return target
 
+    def host(self, output: Any, *, compact: bool, dtype: Any) -> np.ndarray:
+        """A batch's probabilities as numpy: as oof.npz keeps them (``compact``), else squeezed to ``dtype``."""
+        output = self.stored(output) if compact else self.squeeze(output).to(dtype)
+        return output.cpu().numpy()
+
+    def host_target(self, target: Any, images: torch.Tensor, *, compact: bool) -> np.ndarray:
+        """A batch's targets as numpy: as oof.npz keeps them (``compact``), else squeezed."""
+        target = self.stored_target(target) if compact else self.squeeze(target)
+        return target.cpu().numpy()
+
     def restore(self, stored: np.ndarray) -> np.ndarray:
         """What the metric gets from stored predictions: float32 probabilities (quantised ones divided by
         ``scale``); a task that stores decisions (class indices) returns them as they are."""
         values = np.asarray(stored, dtype=np.float32)
         return values / self.scale if self.scale and np.asarray(stored).dtype == np.uint8 else values
+
+    def validation_score(self, score: Callable[[np.ndarray, np.ndarray], float], targets: np.ndarray,
+                         predictions: np.ndarray, higher_is_better: bool = True) -> float:
+        """A validation fold's score from its targets and restored predictions: ``score`` of them."""
+        return float(score(targets, predictions))
+
+    def fixed_postprocess(self, config: Any) -> dict[str, Any] | None:
+        """Post-processing the recipe fixes (no search), or None (``searches_postprocess``: search it)."""
+        return None
+
+    def search_postprocess(self, comp: Competition, chunks: Any) -> dict[str, Any]:
+        """The post-processing chosen on out-of-fold ``(targets, probabilities)`` chunks (a sample of them)."""
+        raise self.refuse(comp, "a post-processing search", "a task that has one")
+
+    def postprocess(self, predictions: np.ndarray, params: dict[str, Any] | None) -> np.ndarray:
+        """A batch of test predictions after the chosen post-processing (none: as they are)."""
+        return predictions
 
     def kept(self, probabilities: np.ndarray) -> np.ndarray:
         """What a labelled test set's score keeps of a batch of numpy probabilities: all of them."""

@@ -73,6 +73,23 @@ class Segmentation(Task):
             return target.to(torch.uint8)
         return target.half()
 
+    def fixed_postprocess(self, config: Any) -> dict[str, Any] | None:
+        """``mask_threshold`` set by the recipe: that threshold and no minimum area, nothing searched."""
+        return {"threshold": config.mask_threshold, "min_area": 0} if config.mask_threshold else None
+
+    def search_postprocess(self, comp: Competition, chunks: Any) -> dict[str, Any]:
+        """The threshold and minimum component area (and with ``triple_threshold`` the SIIM gate) that score
+        best on the chunks (``compkit.postprocess.search_chunks``)."""
+        from compkit import postprocess
+
+        return postprocess.search_chunks(chunks, triple=self.triple_threshold)
+
+    def postprocess(self, predictions: np.ndarray, params: dict[str, Any] | None) -> np.ndarray:
+        """Binary masks from the probabilities with the chosen threshold and minimum area."""
+        from compkit import postprocess
+
+        return postprocess.apply(predictions, params) if params else predictions
+
     def png(self, prediction: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """255 where the probability (resized linearly to ``size``) is above 0.5, else 0."""
         import cv2
