@@ -61,7 +61,8 @@ def predict_folder(name: str, where: Places, *, run: str | None = None, images: 
     if segmentation:
         written = write_masks(out, name, run, table, probabilities, comp.kind)
     else:
-        written = write_csv(out, name, run, probability_frame(comp, table, probabilities))
+        frame = comp.kind.prediction_frame(comp, table, probabilities)  # a task's own rows (detection: boxes)
+        written = write_csv(out, name, run, probability_frame(comp, table, probabilities) if frame is None else frame)
     if truth is not None:
         for line in report_lines(evaluate(comp, truth, table, probabilities)):
             console.echo(line)

@@ -199,3 +199,30 @@ def test_fold_merging_of_identical_predictions_changes_nothing():
     merged = TASK.merge([predictions, predictions, predictions])
     for one, fused in zip(predictions, merged):
         assert np.allclose(one, fused, atol=1e-6)
+
+
+def test_pretrained_backbone_weights_load_offline_from_the_weights_folder(tmp_path: Path, monkeypatch):
+    from torchvision.models import resnet
+
+    weights = resnet.ResNet18_Weights.IMAGENET1K_V1
+    torch.manual_seed(3)
+    body = resnet.resnet18()
+    torch.save(body.state_dict(), tmp_path / Path(weights.url).name)  # torchvision's own file name
+    monkeypatch.setenv("COMPKIT_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))  # nothing cached: a download would be needed
+    model = registry.get().model("tv-det/fasterrcnn_resnet18_fpn", 1, 3, pretrained=True, image_size=(SIZE, SIZE))
+    loaded = model.backbone.body.layer3[0].conv1.weight
+    assert torch.equal(loaded, body.layer3[0].conv1.weight)
+    assert not model.backbone.body.conv1.weight.requires_grad and loaded.requires_grad  # stem frozen, as torchvision
+
+
+def test_without_weights_or_internet_the_error_says_where_to_put_them(tmp_path: Path, monkeypatch):
+    import torchvision.models._api as api
+
+    def offline(*args, **kwargs):
+        raise OSError("no internet")
+
+    monkeypatch.setenv("COMPKIT_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(CompkitError, match="resnet18-f37072fd.pth.*COMPKIT_WEIGHTS_DIR"):
+        registry.get().model("tv-det/fcos_resnet18_fpn64", 1, 3, pretrained=True)

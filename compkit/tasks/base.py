@@ -194,6 +194,11 @@ class Task:
         """What a file output receives for one test row (``Competition.write_files``): probabilities."""
         return np.asarray(probabilities, dtype=np.float32)
 
+    def prediction_frame(self, comp: Competition, table: Any, predictions: np.ndarray) -> Any:
+        """``compkit predict``'s CSV rows for ``table``'s images (``image``, ``path``), or None for the default
+        (a probability column per class)."""
+        return None
+
     def png(self, prediction: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """A uint8 image of one ``decided`` prediction at ``size`` (height, width), for ``compkit predict``
         on a dense task; others have no image."""

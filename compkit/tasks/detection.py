@@ -59,13 +59,15 @@ class Detection(Task):
         return len(comp.classes)
 
     def compose(self, steps: list[Any]) -> Any:
-        """An albumentations Compose that moves the boxes with the image: boxes leaving the image are
-        clipped to it, and dropped when less than ``MIN_VISIBILITY`` of their area stays inside."""
+        """An albumentations Compose that moves the boxes with the image (``bboxes``: [K, 5] rows x1, y1, x2, y2,
+        label): boxes leaving the image are clipped to it, and dropped when less than ``MIN_VISIBILITY`` of
+        their area stays inside."""
         import albumentations as A
 
         if not any(isinstance(step, A.DualTransform) for step in steps):
             return A.Compose(steps)  # nothing moves pixels: the boxes stay as they are (and albumentations stays quiet)
-        boxes = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_visibility=MIN_VISIBILITY)
+        # the label rides along as a fifth column, so the Compose also runs on an image alone (compkit predict)
+        boxes = A.BboxParams(format="pascal_voc", clip=True, min_visibility=MIN_VISIBILITY)
         return A.Compose(steps, bbox_params=boxes)
 
     def transformed(self, transform: Any, image: np.ndarray, value: Any) -> tuple[np.ndarray, Any]:
@@ -76,8 +78,10 @@ class Detection(Task):
         rows = np.zeros((0, 5), np.float32) if value is None else np.asarray(value, dtype=np.float32).reshape(-1, 5)
         boxes, labels = rows[:, 1:], rows[:, 0].astype(np.int64)
         if transform is not None and "bboxes" in getattr(transform, "processors", {}):
-            out = transform(image=image, bboxes=boxes, labels=labels)
-            image, boxes, labels = out["image"], out["bboxes"], out["labels"]
+            out = transform(image=image, bboxes=np.column_stack([boxes, labels]).astype(np.float32).reshape(-1, 5))
+            moved = np.asarray(out["bboxes"], np.float32)
+            image, boxes = out["image"], moved[:, :4].reshape(-1, 4)
+            labels = moved[:, 4].astype(np.int64) if moved.shape[1:] == (5,) else np.zeros(0, np.int64)
         elif transform is not None:
             if value is not None and len(rows) and _moves_pixels(transform):
                 raise CompkitError("a detection transform that moves pixels must be built with task.compose(steps) "
@@ -205,6 +209,21 @@ class Detection(Task):
         from compkit import boxes
 
         return boxes.select(predictions, params["threshold"], params["iou"]) if params else predictions
+
+    def prediction_frame(self, comp: Competition, table: Any, predictions: np.ndarray) -> Any:
+        """One row per box: ``image``, ``score``, ``label`` (the class name), ``x1 y1 x2 y2`` in pixels of the
+        image file (sizes read from the headers); an image with no box has no row."""
+        import pandas as pd
+        from PIL import Image
+
+        rows = []
+        for image, path, found in zip(table["image"], table["path"], predictions):
+            with Image.open(path) as opened:
+                width, height = opened.size
+            for score, label, *box in np.asarray(found, np.float32).reshape(-1, 6):
+                x1, y1, x2, y2 = np.asarray(box) * [width, height, width, height]
+                rows.append((image, round(float(score), 4), comp.classes[int(label)], *np.round([x1, y1, x2, y2], 1)))
+        return pd.DataFrame(rows, columns=["image", "score", "label", "x1", "y1", "x2", "y2"])
 
     def decided(self, probabilities: np.ndarray) -> np.ndarray:
         return np.asarray(probabilities, dtype=np.float32).reshape(-1, 6)
