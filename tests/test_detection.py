@@ -226,3 +226,28 @@ def test_without_weights_or_internet_the_error_says_where_to_put_them(tmp_path: 
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     with pytest.raises(CompkitError, match="resnet18-f37072fd.pth.*COMPKIT_WEIGHTS_DIR"):
         registry.get().model("tv-det/fcos_resnet18_fpn64", 1, 3, pretrained=True)
+
+
+def test_accumulation_clipping_ema_and_resume_train_a_detector_as_any_model(tmp_path: Path):
+    images, targets = squares(12)
+    train = ArrayDataset(images, targets, TASK.compose([A.HorizontalFlip(p=0.5), A.Normalize()]), task=TASK)
+    valid = ArrayDataset(*squares(4, seed=1), TASK.compose([A.Normalize()]), task=TASK)
+
+    def fit(out_dir: Path, epochs: int, resume: bool = False) -> dict:
+        torch.manual_seed(0)
+        model = registry.get().model("tv-det/fcos_resnet18_fpn64", 1, 3, image_size=(SIZE, SIZE))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        loaders = [engine.make_loader(data, batch_size=4, train=stage == "train", num_workers=0, seed=1)
+                   for data, stage in ((train, "train"), (valid, "valid"))]
+        with engine.Engine(model, registry.get().loss("detector"), optimizer, task=TASK, device="cpu", quiet=True,
+                           accumulate=2, clip_grad=1.0, ema=0.9) as trainer:
+            return trainer.fit(*loaders, epochs=epochs, score=boxes.map50, out_dir=out_dir, resume=resume)
+
+    straight = fit(tmp_path / "straight", 2)
+    fit(tmp_path / "resumed", 1)
+    resumed = fit(tmp_path / "resumed", 2, resume=True)
+    assert resumed["epochs_run"] == 2 and resumed["best_score"] == pytest.approx(straight["best_score"])
+    ours = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    theirs = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    assert ours["ema"] is not None and all(torch.allclose(ours["ema"][key].float(), value.float(), atol=1e-5)
+                                           for key, value in theirs["ema"].items())
