@@ -132,7 +132,8 @@ def test_the_engine_trains_a_detector_and_its_oof_file_reproduces_the_score(tmp_
         predicted = trainer.predict(loaders[1])
     stored = oof.load(tmp_path / "oof.npz")
     assert len(stored) == 6 and stored.probabilities().dtype == object
-    assert boxes.map50(stored.targets, stored.probabilities()) == pytest.approx(result["best_score"])
+    assert TASK.validation_score(boxes.map50, stored.targets, stored.probabilities()) == pytest.approx(
+        result["best_score"])
     expected = [rows[:, [0, 1, 2, 3, 4]] / np.array([1, SIZE, SIZE, SIZE, SIZE], np.float32) for rows in valid_targets]
     assert all(np.allclose(a, b) for a, b in zip(stored.targets, expected))
     assert len(predicted) == 6 and all(rows.shape[1] == 6 for rows in predicted)
@@ -251,3 +252,31 @@ def test_accumulation_clipping_ema_and_resume_train_a_detector_as_any_model(tmp_
     theirs = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     assert ours["ema"] is not None and all(torch.allclose(ours["ema"][key].float(), value.float(), atol=1e-5)
                                            for key, value in theirs["ema"].items())
+
+
+@pytest.mark.slow
+def test_two_process_gloo_fit_of_a_detector_scores_every_image_once(tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    worker = Path(__file__).with_name("_ddp_detection_worker.py")
+    environment = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(worker),
+               str(tmp_path)]
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stored = oof.load(tmp_path / "oof.npz")
+    assert stored.ids.tolist() == [f"v{i}" for i in range(5)]  # each image once, in dataset order
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ddp_detection_worker", worker)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _, valid_targets = module.squares(5, 1)
+    assert [float(rows[0, 1]) for rows in stored.targets] == [rows[0, 1] / SIZE for rows in valid_targets]
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    score = TASK.validation_score(boxes.map50, stored.targets, stored.probabilities())
+    assert score == pytest.approx(metrics["map50"].max())
