@@ -280,3 +280,20 @@ def test_two_process_gloo_fit_of_a_detector_scores_every_image_once(tmp_path: Pa
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     score = TASK.validation_score(boxes.map50, stored.targets, stored.probabilities())
     assert score == pytest.approx(metrics["map50"].max())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_mixed_precision_channels_last_fit_of_a_detector(tmp_path: Path, amp):
+    train = ArrayDataset(*squares(8), TASK.compose([A.HorizontalFlip(p=0.5), A.Normalize()]), task=TASK)
+    valid = ArrayDataset(*squares(4, seed=1), TASK.compose([A.Normalize()]), task=TASK)
+    model = registry.get().model("tv-det/fasterrcnn_resnet50_fpn_v2", 1, 3, image_size=(SIZE, SIZE))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
+    loaders = [engine.make_loader(data, batch_size=4, train=stage == "train", num_workers=0, device="cuda")
+               for data, stage in ((train, "train"), (valid, "valid"))]
+    with engine.Engine(model, registry.get().loss("detector"), optimizer, task=TASK, device="cuda", amp=amp,
+                       channels_last=True, clip_grad=1.0, ema=0.9, quiet=True) as trainer:
+        result = trainer.fit(*loaders, epochs=2, score=boxes.map50, out_dir=tmp_path)
+        predicted = trainer.predict(loaders[1], views=tta.views("flips"))
+    assert result["epochs_run"] == 2 and len(predicted) == 4
