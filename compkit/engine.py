@@ -147,6 +147,10 @@ class Engine:
         from compkit import tasks
 
         self.task = tasks.Raw(activation) if task is None else tasks.get(task)
+        if (precise_bn or swa) and not self.task.images_alone:
+            raise CompkitError(f"precise_bn and swa recompute BatchNorm by running the model on training images "
+                               f"alone; a {self.task.name} model needs its targets in train mode: set precise_bn=0 "
+                               "and swa=0")
         self.activation, self.loss, self.optimizer = self.task.activation, loss, optimizer
         self.schedule = schedule or Schedule()
         self.accumulate, self.clip_grad, self.seed = max(1, accumulate), clip_grad, seed

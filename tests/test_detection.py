@@ -297,3 +297,10 @@ def test_cuda_mixed_precision_channels_last_fit_of_a_detector(tmp_path: Path, am
         result = trainer.fit(*loaders, epochs=2, score=boxes.map50, out_dir=tmp_path)
         predicted = trainer.predict(loaders[1], views=tta.views("flips"))
     assert result["epochs_run"] == 2 and len(predicted) == 4
+
+
+def test_batchnorm_recomputation_is_refused_for_a_detector():
+    model = registry.get().model("tv-det/fcos_resnet18_fpn64", 1, 3, image_size=(SIZE, SIZE))
+    for options in ({"precise_bn": 10}, {"swa": 2}):
+        with pytest.raises(CompkitError, match="precise_bn=0 and swa=0"):
+            engine.Engine(model, registry.get().loss("detector"), task=TASK, device="cpu", **options)

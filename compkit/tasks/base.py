@@ -35,6 +35,7 @@ class Task:
     soft_targets: ClassVar[bool] = True  # can train on soft targets (out-of-fold probabilities)
     dice_mode: ClassVar[str | None] = None  # the "dice" loss: binary | multiclass (None: not a pixel task)
     scale: ClassVar[int | None] = None  # stored OOF probabilities are uint8 of p * scale (None: not quantised)
+    images_alone: ClassVar[bool] = True  # the model runs on images without targets in train mode (BatchNorm recompute)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -46,6 +46,7 @@ class Detection(Task):
     activation = None  # type: ignore[assignment]  # detectors score their boxes themselves
     searches_postprocess = True  # the score threshold and an NMS IoU, searched on OOF
     soft_targets = False
+    images_alone = False  # in train mode a torchvision detector needs the targets
 
     def __init__(self, merge: str = "wbf", merge_iou: float = 0.55) -> None:
         if merge not in MERGES:
