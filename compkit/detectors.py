@@ -63,7 +63,7 @@ def detector(variant: str | None, num_classes: int, in_channels: int = 3, pretra
     builder = getattr(detection, variant)
     if not pretrained:
         return builder(weights=None, weights_backbone=None, **options)
-    weights = _backbone_weights(builder)
+    weights = _weights_of(variant)
     with _weights_offline(weights, variant):
         return builder(weights=None, weights_backbone=weights, **options)
 
@@ -97,7 +97,7 @@ def _small(variant: str, options: dict[str, Any], pretrained: bool) -> Any:
 
     architecture, body, fpn = variant.split("_")
     channels = int(fpn[3:] or FPN_CHANNELS)
-    weights = resnet.__dict__[f"ResNet{body[6:]}_Weights"].IMAGENET1K_V1 if pretrained else None
+    weights = _weights_of(variant) if pretrained else None
     with _weights_offline(weights, variant) if weights is not None else contextlib.nullcontext():
         # ImageNet statistics stay frozen in a pretrained body, as torchvision's detectors keep them
         network = getattr(resnet, body)(weights=weights, **({"norm_layer": misc.FrozenBatchNorm2d} if weights else {}))
@@ -119,6 +119,22 @@ def _small(variant: str, options: dict[str, Any], pretrained: bool) -> Any:
     return model[architecture](backbone, **options)
 
 
+def _weights_of(variant: str) -> Any:
+    """The ImageNet weights (a torchvision enum member) of ``tv-det/<variant>``'s backbone."""
+    if _is_small(variant):
+        from torchvision.models import resnet
+
+        return resnet.__dict__[f"ResNet{variant.split('_')[1][6:]}_Weights"].IMAGENET1K_V1
+    from torchvision.models import detection
+
+    return _backbone_weights(getattr(detection, variant))
+
+
+def _file_name(weights: Any) -> str:
+    """torchvision's file name for ``weights`` (what its hub cache and COMPKIT_WEIGHTS_DIR hold)."""
+    return Path(urllib.parse.urlparse(weights.url).path).name
+
+
 def _backbone_weights(builder: Any) -> Any:
     """The ImageNet weights enum member a builder's ``weights_backbone`` takes by default."""
     import inspect
@@ -135,7 +151,7 @@ def _backbone_weights(builder: Any) -> Any:
 def _weights_offline(weights: Any, variant: str) -> Iterator[None]:
     """Load ``weights`` from COMPKIT_WEIGHTS_DIR when it holds their file (torchvision's own name, e.g.
     resnet50-11ad3fa6.pth), else through torchvision's cache and download; a failure says what to do."""
-    file_name = Path(urllib.parse.urlparse(weights.url).path).name
+    file_name = _file_name(weights)
     folder = os.environ.get("COMPKIT_WEIGHTS_DIR")
     local = Path(folder) / file_name if folder else None
     try:
@@ -173,16 +189,9 @@ def pull(variant: str, folder: Path) -> Path:
 
     import torch
 
-    if _is_small(variant):
-        from torchvision.models import resnet
-
-        weights = resnet.__dict__[f"ResNet{variant.split('_')[1][6:]}_Weights"].IMAGENET1K_V1
-    else:
-        from torchvision.models import detection
-
-        weights = _backbone_weights(getattr(detection, variant))
+    weights = _weights_of(variant)
     weights.get_state_dict(progress=True)  # into torch.hub's cache
-    file_name = Path(urllib.parse.urlparse(weights.url).path).name
+    file_name = _file_name(weights)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
     target = folder / file_name
     shutil.copyfile(cached, target)
